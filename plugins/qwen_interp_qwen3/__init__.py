@@ -1,0 +1,64 @@
+"""Built-in plugin: the Qwen3 model family — checkpoints and their hook points.
+
+Facts are the public ``config.json`` values of each checkpoint (see FACTS.md §2). Ecosystem
+plugins (TransformerLens, circuit-tracer, SAELens) read these records; none hard-codes them.
+"""
+
+from __future__ import annotations
+
+from qwen_interp import hookimpl
+from qwen_interp.specs import HookNameMap, HookPoint, ModelSpec
+
+QWEN3 = "Qwen3ForCausalLM"
+
+QWEN3_BASE_MODELS = (
+    ModelSpec("Qwen/Qwen3-0.6B-Base", QWEN3, d_model=1024, n_layers=28, n_heads=16, n_kv_heads=8,
+              d_head=128, d_mlp=3072, tied_embeddings=True, aliases=("qwen3-0.6b-base",)),
+    ModelSpec("Qwen/Qwen3-1.7B-Base", QWEN3, d_model=2048, n_layers=28, n_heads=16, n_kv_heads=8,
+              d_head=128, d_mlp=6144, tied_embeddings=True, aliases=("qwen3-1.7b-base",)),
+    ModelSpec("Qwen/Qwen3-4B-Base", QWEN3, d_model=2560, n_layers=36, n_heads=32, n_kv_heads=8,
+              d_head=128, d_mlp=9728, tied_embeddings=True, aliases=("qwen3-4b-base",)),
+    ModelSpec("Qwen/Qwen3-8B-Base", QWEN3, d_model=4096, n_layers=36, n_heads=32, n_kv_heads=8,
+              d_head=128, d_mlp=12288, tied_embeddings=False, aliases=("qwen3-8b-base",)),
+    ModelSpec("Qwen/Qwen3-14B-Base", QWEN3, d_model=5120, n_layers=40, n_heads=40, n_kv_heads=8,
+              d_head=128, d_mlp=17408, tied_embeddings=False, aliases=("qwen3-14b-base",)),
+)
+
+# One map, used by every plugin. TL names are HookedTransformer's (``mlp.hook_in`` /
+# ``mlp.hook_out`` exist once circuit-tracer wraps the MLP); nnsight locations follow
+# circuit-tracer's envoy syntax; HF module paths are those of ``Qwen3ForCausalLM``.
+QWEN3_HOOKS = HookNameMap(QWEN3, {
+    "embed": HookPoint(tl="hook_embed", hf_module="model.embed_tokens", hf_port="output",
+                       bridge="hook_embed", nnsight="model.embed_tokens"),
+    "resid_pre": HookPoint(tl="blocks.{layer}.hook_resid_pre", hf_module="model.layers.{layer}",
+                           hf_port="input", bridge="blocks.{layer}.hook_resid_pre",
+                           nnsight="model.layers[{layer}]"),
+    "attn_out": HookPoint(tl="blocks.{layer}.hook_attn_out",
+                          hf_module="model.layers.{layer}.self_attn", hf_port="output",
+                          bridge="blocks.{layer}.hook_attn_out",
+                          nnsight="model.layers[{layer}].self_attn"),
+    "mlp_in": HookPoint(tl="blocks.{layer}.mlp.hook_in", hf_module="model.layers.{layer}.mlp",
+                        hf_port="input", bridge="blocks.{layer}.mlp.hook_in",
+                        nnsight="model.layers[{layer}].post_attention_layernorm"),
+    "mlp_out": HookPoint(tl="blocks.{layer}.hook_mlp_out", hf_module="model.layers.{layer}.mlp",
+                         hf_port="output", bridge="blocks.{layer}.hook_mlp_out",
+                         nnsight="model.layers[{layer}].mlp"),
+    "resid_post": HookPoint(tl="blocks.{layer}.hook_resid_post",
+                            hf_module="model.layers.{layer}", hf_port="output",
+                            bridge="blocks.{layer}.hook_resid_post",
+                            nnsight="model.layers[{layer}]"),
+    "final_norm": HookPoint(tl="ln_final.hook_normalized", hf_module="model.norm",
+                            hf_port="output", bridge="ln_final.hook_normalized",
+                            nnsight="model.norm"),
+})
+
+
+@hookimpl
+def register_models(register):
+    for spec in QWEN3_BASE_MODELS:
+        register(spec)
+
+
+@hookimpl
+def register_hook_name_maps(register):
+    register(QWEN3_HOOKS)

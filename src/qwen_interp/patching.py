@@ -1,0 +1,51 @@
+"""Reversible changes to upstream objects.
+
+Adapters never assign to upstream state directly: they go through a ``PatchSet``, which records
+what was there before so that ``undo()`` restores it exactly (same objects, same order).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_MISSING = object()
+
+
+class PatchSet:
+    def __init__(self) -> None:
+        self._undo: list[tuple[str, Any, Any, Any]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._undo)
+
+    def setattr(self, obj: Any, name: str, value: Any) -> None:
+        self._undo.append(("attr", obj, name, getattr(obj, name, _MISSING)))
+        setattr(obj, name, value)
+
+    def append(self, target: list, item: Any) -> None:
+        """Append ``item`` to a list in place (upstream modules import the list object itself)."""
+        target.append(item)
+        self._undo.append(("append", target, item, None))
+
+    def setitem(self, target: dict, key: Any, value: Any) -> None:
+        self._undo.append(("item", target, key, target.get(key, _MISSING)))
+        target[key] = value
+
+    def undo(self) -> None:
+        while self._undo:
+            kind, obj, key, old = self._undo.pop()
+            if kind == "attr":
+                if old is _MISSING:
+                    delattr(obj, key)
+                else:
+                    setattr(obj, key, old)
+            elif kind == "append":
+                # Remove the last occurrence: the one we added, even if upstream has an equal item.
+                for i in range(len(obj) - 1, -1, -1):
+                    if obj[i] is key:
+                        del obj[i]
+                        break
+            elif old is _MISSING:
+                obj.pop(key, None)
+            else:
+                obj[key] = old

@@ -1,0 +1,121 @@
+"""Typed records that plugins register. Plain frozen dataclasses: easy to compare and to print."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A checkpoint on the Hub and the public facts of its ``config.json``.
+
+    The facts let tests build small stand-ins with the same architecture flags and let loaders
+    check that a dictionary (CLT, SAE) belongs to this model before allocating anything.
+    """
+
+    repo_id: str
+    architecture: str
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_mlp: int
+    tied_embeddings: bool
+    aliases: tuple[str, ...] = ()
+    vocab_size: int = 151936
+    max_position_embeddings: int = 32768
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    # Mixture of experts (0 for dense models).
+    n_experts: int = 0
+    experts_per_token: int = 0
+    d_expert_mlp: int = 0
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """One place in the network, named in each ecosystem. ``{layer}`` is filled in.
+
+    ``hf_module`` is a dotted module path in the HF model; ``hf_port`` says whether the value is
+    that module's ``input`` (first positional argument) or ``output`` (first element if a tuple).
+    """
+
+    tl: str
+    hf_module: str
+    hf_port: str  # "input" | "output"
+    bridge: str | None = None
+    nnsight: str | None = None
+
+
+@dataclass(frozen=True)
+class HookNameMap:
+    """Hook points of one architecture, keyed by a short, ecosystem-neutral name."""
+
+    architecture: str
+    points: dict[str, HookPoint] = field(default_factory=dict)
+
+    def point(self, name: str) -> HookPoint:
+        try:
+            return self.points[name]
+        except KeyError:
+            raise KeyError(f"{self.architecture} has no hook point {name!r}; "
+                           f"known: {sorted(self.points)}") from None
+
+
+@dataclass(frozen=True)
+class TranscoderRelease:
+    """A published cross-layer transcoder (CLT) and the model it was trained on."""
+
+    repo_id: str
+    model_repo_id: str
+    n_layers: int
+    d_latent: int
+    feature_input_hook: str  # TransformerLens / circuit-tracer hook name inside a block
+    feature_output_hook: str
+    aliases: tuple[str, ...] = ()
+    layout: str = "hub"
+
+
+@dataclass(frozen=True)
+class TranscoderFormat:
+    """A way of storing transcoders on disk: ``detect(path)`` says whether a folder holds it,
+    ``load(path, **kwargs)`` returns a circuit-tracer transcoder."""
+
+    name: str
+    detect: Callable[[Any], bool]
+    load: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class SAERelease:
+    """A published family of sparse autoencoders, one per layer."""
+
+    release: str  # SAELens release name
+    repo_id: str
+    model_repo_id: str
+    d_model: int
+    d_sae: int
+    k: int
+    n_layers: int
+    hook_point: str = "resid_post"  # key into the architecture's HookNameMap
+    file_template: str = "layer{layer}.sae.pt"
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """Bridges one upstream package. Activated once that package is imported.
+
+    ``activate`` must record everything it changes so that ``deactivate`` restores upstream
+    exactly; it must change nothing that upstream already does right (stand down).
+    """
+
+    name: str
+    module: str  # the upstream top-level module that triggers activation
+
+    def activate(self, registry: Any) -> None: ...
+
+    def deactivate(self) -> None: ...
+
+    def status(self) -> list[str]: ...
