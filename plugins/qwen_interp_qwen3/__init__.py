@@ -24,7 +24,9 @@ QWEN3_BASE_MODELS = (
               d_head=128, d_mlp=17408, tied_embeddings=False, aliases=("qwen3-14b-base",)),
 )
 
-# One map, used by every plugin. TL names are HookedTransformer's (``mlp.hook_in`` /
+# One map, used by every plugin; each point is the same tensor in every ecosystem (tested).
+# TL's ``*.hook_normalized`` points are *before* the norm gain, so they are not listed.
+# TL names are HookedTransformer's (``mlp.hook_in`` /
 # ``mlp.hook_out`` exist once circuit-tracer wraps the MLP); nnsight locations follow
 # circuit-tracer's envoy syntax; HF module paths are those of ``Qwen3ForCausalLM``.
 QWEN3_HOOKS = HookNameMap(QWEN3, {
@@ -47,9 +49,6 @@ QWEN3_HOOKS = HookNameMap(QWEN3, {
                             hf_module="model.layers.{layer}", hf_port="output",
                             bridge="blocks.{layer}.hook_resid_post",
                             nnsight="model.layers[{layer}]"),
-    "final_norm": HookPoint(tl="ln_final.hook_normalized", hf_module="model.norm",
-                            hf_port="output", bridge="ln_final.hook_normalized",
-                            nnsight="model.norm"),
 })
 
 

@@ -1,13 +1,15 @@
 """Activation: load plugins, build the registry, and arm each adapter for its upstream package.
 
 ``activate()`` is idempotent; ``deactivate()`` undoes every adapter's changes, so upstream is
-exactly as it was before (tested).
+exactly as it was before (tested). A failing adapter is undone and reported by ``doctor``; it
+never breaks the import of the upstream package it adapts.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pluggy
 
@@ -15,6 +17,7 @@ from . import import_watch
 from .plugins import load_entry_point_plugins, new_plugin_manager
 from .registry import Registry, collect
 
+log = logging.getLogger(__name__)
 _lock = threading.RLock()
 
 
@@ -23,6 +26,7 @@ class State:
     pm: pluggy.PluginManager
     registry: Registry
     plugin_names: list[str]
+    adapter_errors: dict[str, str] = field(default_factory=dict)
 
 
 _state: State | None = None
@@ -47,61 +51,40 @@ def plugin_manager() -> pluggy.PluginManager:
     return state().pm
 
 
-def activate(extra_plugins: tuple = ()) -> None:
-    """Load plugins and arm adapters. A second call is a no-op unless ``extra_plugins`` are given."""
-    global _state
+def activate() -> None:
+    """Load the entry-point plugins and arm their adapters. A second call changes nothing."""
     with _lock:
-        if _state is not None and not extra_plugins:
+        if _state is not None:
             return
-        if _state is None:
-            pm = new_plugin_manager()
-            names = load_entry_point_plugins(pm)
-        else:
-            # Adding a plugin at run time: rebuild cleanly so adapters see the new records.
-            pm, names = _state.pm, _state.plugin_names
-            _deactivate_adapters(_state)
-        for plugin in extra_plugins:
-            if not pm.is_registered(plugin):
-                pm.register(plugin)
-                names = [*names, pm.get_name(plugin)]
-        reg = collect(pm)
-        _state = State(pm=pm, registry=reg, plugin_names=names)
-        for adapter in reg.adapters.values():
-            import_watch.when_imported(adapter.module, _activator(adapter, reg))
+        pm = new_plugin_manager()
+        names = load_entry_point_plugins(pm)
+        _install(State(pm=pm, registry=collect(pm), plugin_names=names))
 
 
-def _activator(adapter, reg):
-    def run() -> None:
-        adapter.activate(reg)
-    return run
-
-
-def register_plugin(plugin) -> None:
-    """Register a plugin object (module or instance with ``@hookimpl`` functions) at run time."""
-    activate(extra_plugins=(plugin,))
+def register_plugin(plugin, name: str | None = None) -> None:
+    """Register a plugin object (module, class or instance with ``@hookimpl`` functions) at run
+    time. Its records take effect at once; if they conflict, nothing changes."""
+    with _lock:
+        st = state()
+        if st.pm.is_registered(plugin):
+            return
+        name = st.pm.register(plugin, name=name)
+        try:
+            reg = collect(st.pm)
+        except Exception:
+            st.pm.unregister(plugin)
+            raise
+        _reinstall(st, reg, [*st.plugin_names, name])
 
 
 def unregister_plugin(plugin) -> None:
-    global _state
     with _lock:
-        if _state is None or not _state.pm.is_registered(plugin):
+        st = state()
+        if not st.pm.is_registered(plugin):
             return
-        name = _state.pm.get_name(plugin)
-        pm = _state.pm
-        _deactivate_adapters(_state)
-        pm.unregister(plugin)
-        names = [n for n in _state.plugin_names if n != name]
-        _state = None
-        reg = collect(pm)
-        _state = State(pm=pm, registry=reg, plugin_names=names)
-        for adapter in reg.adapters.values():
-            import_watch.when_imported(adapter.module, _activator(adapter, reg))
-
-
-def _deactivate_adapters(st: State) -> None:
-    import_watch.cancel_all()
-    for adapter in reversed(list(st.registry.adapters.values())):
-        adapter.deactivate()
+        name = st.pm.get_name(plugin)
+        st.pm.unregister(plugin)
+        _reinstall(st, collect(st.pm), [n for n in st.plugin_names if n != name])
 
 
 def deactivate() -> None:
@@ -110,5 +93,34 @@ def deactivate() -> None:
     with _lock:
         if _state is None:
             return
-        _deactivate_adapters(_state)
+        _disarm(_state)
         _state = None
+
+
+def _install(st: State) -> None:
+    global _state
+    _state = st
+    for adapter in st.registry.adapters.values():
+        import_watch.when_imported(adapter.module, _activator(adapter, st))
+
+
+def _reinstall(old: State, reg: Registry, names: list[str]) -> None:
+    _disarm(old)
+    _install(State(pm=old.pm, registry=reg, plugin_names=names))
+
+
+def _disarm(st: State) -> None:
+    import_watch.cancel_all()
+    for adapter in reversed(list(st.registry.adapters.values())):
+        adapter.deactivate()
+
+
+def _activator(adapter, st: State):
+    def run() -> None:
+        try:
+            adapter.activate(st.registry)
+        except Exception as exc:  # noqa: BLE001 - upstream import must not break because of us
+            adapter.deactivate()
+            st.adapter_errors[adapter.name] = f"{type(exc).__name__}: {exc}"
+            log.warning("qwen-interp adapter %r failed and was undone: %s", adapter.name, exc)
+    return run

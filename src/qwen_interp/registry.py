@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
 import pluggy
 
 from .specs import (Adapter, HookNameMap, ModelSpec, SAERelease, TranscoderFormat,
@@ -23,6 +21,8 @@ class Registry:
     transcoder_formats: dict[str, TranscoderFormat] = field(default_factory=dict)
     sae_releases: dict[str, SAERelease] = field(default_factory=dict)
     adapters: dict[str, Adapter] = field(default_factory=dict)
+    # table name -> key -> name of the plugin that registered it (for doctor and errors)
+    owners: dict[str, dict[str, str]] = field(default_factory=dict)
 
     # --- lookups -------------------------------------------------------------------------
     def model(self, name: str) -> ModelSpec:
@@ -47,29 +47,35 @@ class Registry:
             raise KeyError(f"no hook-name map for {architecture!r}") from None
 
 
-def _adder(table: dict, key_of, kind: str):
-    def register(record: Any) -> None:
-        key = key_of(record)
-        if key in table and table[key] != record:
-            raise RegistryError(f"two plugins register different {kind} records for {key!r}")
-        table[key] = record
-    return register
+# (hook name, table attribute, key of a record, what to call it in errors)
+TABLES = (
+    ("register_models", "models", lambda r: r.repo_id, "model"),
+    ("register_hook_name_maps", "hook_name_maps", lambda r: r.architecture, "hook-name map"),
+    ("register_transcoder_releases", "transcoder_releases", lambda r: r.repo_id,
+     "transcoder release"),
+    ("register_transcoder_formats", "transcoder_formats", lambda r: r.name, "transcoder format"),
+    ("register_sae_releases", "sae_releases", lambda r: r.release, "SAE release"),
+    ("register_adapters", "adapters", lambda r: r.name, "adapter"),
+)
 
 
 def collect(pm: pluggy.PluginManager) -> Registry:
-    """Build a fresh registry from every registered plugin (the old one stays valid on error)."""
+    """Build a fresh registry from every registered plugin. Raises ``RegistryError`` naming both
+    plugins when two register different records under one key; the caller's registry is kept."""
     reg = Registry()
-    hooks = pm.hook
-    hooks.register_models(register=_adder(reg.models, lambda r: r.repo_id, "model"))
-    hooks.register_hook_name_maps(
-        register=_adder(reg.hook_name_maps, lambda r: r.architecture, "hook-name map"))
-    hooks.register_transcoder_releases(
-        register=_adder(reg.transcoder_releases, lambda r: r.repo_id, "transcoder release"))
-    hooks.register_transcoder_formats(
-        register=_adder(reg.transcoder_formats, lambda r: r.name, "transcoder format"))
-    hooks.register_sae_releases(
-        register=_adder(reg.sae_releases, lambda r: r.release, "SAE release"))
-    hooks.register_adapters(register=_adder(reg.adapters, lambda r: r.name, "adapter"))
+    for hook_name, attr, key_of, kind in TABLES:
+        table, owners = getattr(reg, attr), {}
+        # Call each implementation separately so that errors can name the plugin.
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():  # registration order
+            def register(record, _plugin=impl.plugin_name):
+                key = key_of(record)
+                if key in table and table[key] != record:
+                    raise RegistryError(f"plugin {_plugin!r} registers a {kind} {key!r} that "
+                                        f"plugin {owners[key]!r} already registered differently")
+                table.setdefault(key, record)
+                owners.setdefault(key, _plugin)
+            impl.function(**({"register": register} if "register" in impl.argnames else {}))
+        reg.owners[attr] = owners
     _check_aliases(reg)
     return reg
 
