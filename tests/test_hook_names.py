@@ -34,7 +34,7 @@ def test_hook_register_hook_name_maps_qwen3_points_agree_hf_vs_tl(qwen_offline_h
     hook_map = qwen_registry.hook_names(spec.architecture)
     qwen_offline_hub.model(spec)
     ids = AutoTokenizer.from_pretrained(spec.repo_id)(SEED_PROMPT, return_tensors="pt").input_ids
-    hf = AutoModelForCausalLM.from_pretrained(spec.repo_id, torch_dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_pretrained(spec.repo_id, dtype=torch.float32)
     tl = HookedTransformer.from_pretrained_no_processing(spec.repo_id, device="cpu")
     with torch.no_grad():
         _, cache = tl.run_with_cache(ids)

@@ -77,7 +77,7 @@ def test_runtime_plugin_model_loads_and_unregisters(qwen_offline_hub):
     qwen_interp.register_plugin(Acme, name="acme-runtime")
     try:
         tl = HookedTransformer.from_pretrained_no_processing("acme/Qwen3-Tiny-Base", device="cpu")
-        hf = AutoModelForCausalLM.from_pretrained("acme/Qwen3-Tiny-Base", torch_dtype=torch.float32)
+        hf = AutoModelForCausalLM.from_pretrained("acme/Qwen3-Tiny-Base", dtype=torch.float32)
         ids = torch.tensor([[151643, 17417, 25, 576]])
         with torch.no_grad():
             assert (tl(ids) - hf(ids).logits).abs().max().item() <= 1e-4

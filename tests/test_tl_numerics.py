@@ -21,7 +21,7 @@ def hf_reference(name_or_path, ids, dtype):
     """HF logits and the output of every decoder layer (the last via a forward hook: HF's
     ``hidden_states[-1]`` is *after* the final norm)."""
     from transformers import AutoModelForCausalLM
-    hf = AutoModelForCausalLM.from_pretrained(name_or_path, torch_dtype=dtype)
+    hf = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
     last = {}
     h = hf.model.layers[-1].register_forward_hook(lambda m, a, o: last.setdefault("x", o[0] if isinstance(o, tuple) else o))
     with torch.no_grad():

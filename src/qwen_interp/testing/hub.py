@@ -149,7 +149,7 @@ class OfflineHub:
             from transformers import AutoModelForCausalLM
             config = small_config(spec, n_layers=n_layers)
             torch.manual_seed(_seed(spec.repo_id))
-            model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
             randomize_(model, _seed(spec.repo_id))
             model.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
             write_tokenizer(folder)
@@ -192,7 +192,7 @@ def mlp_inputs(model_dir: Path, token_ids: list[int]):
     """Per layer, the MLP input (after the pre-MLP RMSNorm and its gain) of the HF model."""
     import torch
     from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     captured = {}
     hooks = [layer.mlp.register_forward_hook(
         lambda mod, args, out, i=i: captured.__setitem__(i, args[0][0].detach()))

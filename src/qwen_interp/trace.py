@@ -1,0 +1,119 @@
+"""The main job: trace a prompt through a CLT with circuit-tracer and summarise the graph.
+
+``run_trace()`` loads the model and transcoder by repo id (``ReplacementModel.from_pretrained``,
+as users do), runs ``attribute()``, prints the top nodes and writes the graph files that
+circuit-tracer's viewer reads. The built-in default is an offline demo: a small
+Qwen3-1.7B-Base-shaped model and a small CLT, built once under the real repo ids in a local
+Hugging Face cache (random weights: the graph shows the machinery, not Qwen's circuit).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+SEED_PROMPT = "Fact: The president of the United States in 2010 was"
+DEFAULT_MODEL = "Qwen/Qwen3-1.7B-Base"
+DEFAULT_TRANSCODER = "bluelightai/clt-qwen3-1.7b-base-20k"
+
+
+def demo_hf_home() -> Path:
+    root = os.environ.get("QWEN_INTERP_CACHE") or Path.home() / ".cache" / "qwen-interp"
+    return Path(root) / "demo-hf"
+
+
+def use_demo_hub() -> Path:
+    """Point the HF libraries at the demo cache, offline. Must run before they are imported."""
+    import sys
+    if "huggingface_hub" in sys.modules:
+        raise RuntimeError("the offline demo must configure HF_HOME before huggingface_hub is "
+                           "imported; run it in a fresh process (`qwen-interp trace`)")
+    hf_home = demo_hf_home()
+    os.environ.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE"):
+        os.environ.pop(key, None)
+    return hf_home
+
+
+def build_demo(hf_home: Path, model: str, transcoder: str) -> None:
+    import qwen_interp
+    from qwen_interp.testing import OfflineHub
+    reg = qwen_interp.registry()
+    release = reg.transcoder_release(transcoder)
+    OfflineHub(hf_home).transcoder(release, reg.model(model))
+
+
+@dataclass
+class Node:
+    kind: str  # feature | error | token | logit
+    layer: int | None
+    position: int
+    feature: int | None
+    influence: float
+    label: str
+
+
+def top_nodes(graph, tokenizer, k: int = 10) -> list[Node]:
+    """Nodes ranked by their influence on the logits (circuit-tracer's own influence measure)."""
+    import torch
+    from circuit_tracer.graph import compute_node_influence
+    n_pos = len(graph.input_tokens)
+    n_logits = len(graph.logit_targets)
+    n_features = len(graph.selected_features)
+    n_layers = graph.cfg.n_layers
+    weights = torch.zeros(graph.adjacency_matrix.shape[0], device=graph.adjacency_matrix.device)
+    weights[-n_logits:] = graph.logit_probabilities
+    influence = compute_node_influence(graph.adjacency_matrix, weights)
+    tokens = [tokenizer.decode([t]) for t in graph.input_tokens.tolist()]
+    nodes = []
+    for idx in torch.argsort(influence, descending=True)[: k * 3].tolist():
+        if idx < n_features:
+            layer, pos, feat = graph.active_features[graph.selected_features[idx]].tolist()
+            nodes.append(Node("feature", layer, pos, feat, influence[idx].item(),
+                              f"L{layer} feature {feat} on {tokens[pos]!r}"))
+        elif idx < n_features + n_layers * n_pos:
+            layer, pos = divmod(idx - n_features, n_pos)
+            nodes.append(Node("error", layer, pos, None, influence[idx].item(),
+                              f"L{layer} error on {tokens[pos]!r}"))
+        elif idx < n_features + n_layers * n_pos + n_pos:
+            pos = idx - n_features - n_layers * n_pos
+            nodes.append(Node("token", None, pos, None, influence[idx].item(),
+                              f"embedding of {tokens[pos]!r}"))
+    return nodes[:k]
+
+
+def run_trace(model: str = DEFAULT_MODEL, transcoder: str = DEFAULT_TRANSCODER,
+              prompt: str = SEED_PROMPT, out_dir: str | Path = "graph_files",
+              backend: str = "transformerlens", device: str | None = None,
+              dtype: str = "float32", max_feature_nodes: int = 8192, batch_size: int = 256,
+              echo=print) -> dict:
+    import torch
+
+    import qwen_interp  # noqa: F401 - activates the adapters
+    from circuit_tracer import ReplacementModel, attribute
+    from circuit_tracer.utils.create_graph_files import create_graph_files
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch_dtype = getattr(torch, dtype)
+    rm = ReplacementModel.from_pretrained(model, transcoder, backend=backend, device=dev,
+                                          dtype=torch_dtype)
+    graph = attribute(prompt, rm, max_n_logits=10, desired_logit_prob=0.95,
+                      batch_size=batch_size, max_feature_nodes=max_feature_nodes)
+    tokenizer = rm.tokenizer
+    echo(f"prompt: {prompt!r} ({len(graph.input_tokens)} tokens, first is circuit-tracer's "
+         "prepended special token)")
+    echo("top predictions:")
+    for target, p in zip(graph.logit_targets, graph.logit_probabilities.tolist()):
+        echo(f"  {p:7.2%}  {target.token_str!r}")
+    nodes = top_nodes(graph, tokenizer)
+    echo("top nodes by influence on the logits:")
+    for node in nodes:
+        echo(f"  {node.influence:9.4f}  {node.label}")
+    out_dir = Path(out_dir)
+    slug = "qwen-trace"
+    create_graph_files(graph, slug=slug, output_path=str(out_dir), scan=graph.scan or transcoder)
+    graph.to_pt(str(out_dir / f"{slug}.pt"))
+    echo(f"graph files written to {out_dir}/ (open with `circuit-tracer start-server "
+         f"--graph_file_dir {out_dir}`)")
+    return {"graph": graph, "nodes": nodes, "out_dir": out_dir}

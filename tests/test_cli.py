@@ -1,0 +1,61 @@
+"""The CLI: `doctor` reports the stack and what is bridged; `trace` (the main job) runs end to end
+on the built-in offline demo and writes graph files circuit-tracer can read back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from qwen_interp import compat
+
+
+def run_cli(*args, env=None, tmp_path=None):
+    import os
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "qwen_interp.cli", *args], capture_output=True,
+                          text=True, env=full_env, timeout=600, cwd=tmp_path)
+
+
+def test_doctor_reports_stack_plugins_and_bridged_gaps():
+    out = run_cli("doctor")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "transformer-lens 3.2.1" in out.stdout
+    assert "plugins: " in out.stdout and "transformerlens" in out.stdout
+    assert "added model names: Qwen/Qwen3-1.7B-Base" in out.stdout
+    assert "already upstream (stood down): Qwen/Qwen3-0.6B-Base" in out.stdout
+    assert "no known-bad versions installed" in out.stdout
+
+
+def test_doctor_with_plugins_disabled_says_so():
+    out = run_cli("doctor", env={"QWEN_INTERP_PLUGINS": ""})
+    assert out.returncode == 0
+    assert "plugins: none (limited by QWEN_INTERP_PLUGINS)" in out.stdout
+    assert "[transformerlens]" not in out.stdout
+
+
+def test_known_bad_versions_are_flagged():
+    bad = compat.warnings_for({"transformers": "4.57.3", "transformer-lens": "4.3.0",
+                               "nnsight": "0.8.1", "huggingface-hub": "0.36.2"})
+    assert [w.split()[0] for w in bad] == ["transformer-lens", "transformers", "nnsight"]
+    assert compat.warnings_for({"transformers": "4.57.1", "transformer-lens": "3.2.1",
+                                "nnsight": "0.6.1"}) == []
+
+
+def test_trace_demo_end_to_end(tmp_path):
+    out = run_cli("trace", "--out", str(tmp_path / "graphs"), "--batch-size", "64",
+                  env={"QWEN_INTERP_CACHE": str(tmp_path / "cache")}, tmp_path=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "top predictions:" in out.stdout and "top nodes by influence" in out.stdout
+    graph_json = json.loads((tmp_path / "graphs" / "qwen-trace.json").read_text())
+    assert graph_json["metadata"]["prompt_tokens"][1:4] == ["Fact", ":", " The"]
+    assert {n["feature_type"] for n in graph_json["nodes"]} >= {"embedding", "logit"}
+    assert graph_json["links"]
+
+    from circuit_tracer.graph import Graph
+    graph = Graph.from_pt(str(tmp_path / "graphs" / "qwen-trace.pt"))
+    assert 0 < graph.logit_probabilities.sum().item() <= 1.0
+    # The demo cache holds the checkpoints under their real repo ids.
+    hub = tmp_path / "cache" / "demo-hf" / "hub"
+    assert (hub / "models--Qwen--Qwen3-1.7B-Base" / "refs" / "main").is_file()
+    assert (hub / "models--bluelightai--clt-qwen3-1.7b-base-20k" / "refs" / "main").is_file()

@@ -1,0 +1,38 @@
+"""PatchSet restores exactly what was there; import_watch fires after an import, whenever."""
+
+from __future__ import annotations
+
+import types
+
+from conftest import run_python
+from qwen_interp.patching import PatchSet
+
+
+def test_patchset_undo_restores_objects_and_order():
+    mod = types.SimpleNamespace(f=len)
+    names, aliases = ["a", "b"], {"a": ["x"]}
+    p = PatchSet()
+    p.setattr(mod, "f", sum)
+    p.setattr(mod, "g", 1)            # did not exist
+    p.append(names, "a")              # equal to an upstream item
+    p.setitem(aliases, "a", ["x", "y"])
+    p.setitem(aliases, "c", ["z"])    # did not exist
+    assert names == ["a", "b", "a"] and mod.f is sum
+    p.undo()
+    assert mod.f is len and not hasattr(mod, "g")
+    assert names == ["a", "b"] and aliases == {"a": ["x"]}
+    assert not p
+
+
+def test_import_watch_runs_after_import_and_at_once_if_imported():
+    out = run_python("""
+import sys
+from qwen_interp import import_watch
+seen = []
+import_watch.when_imported("json", lambda: seen.append("json"))      # already imported
+import_watch.when_imported("colorsys", lambda: seen.append(sys.modules["colorsys"].rgb_to_hsv.__name__))
+assert seen == ["json"]
+import colorsys
+print(seen, import_watch.pending(), import_watch._finder in sys.meta_path)
+""", env={"QWEN_INTERP_PLUGINS": ""})
+    assert out.stdout.strip() == "['json', 'rgb_to_hsv'] [] False"
