@@ -29,10 +29,10 @@ def test_import_watch_runs_after_import_and_at_once_if_imported():
 import sys
 from qwen_interp import import_watch
 seen = []
-import_watch.when_imported("json", lambda: seen.append("json"))      # already imported
+import_watch.when_imported("sys", lambda: seen.append("sys"))        # already imported
 import_watch.when_imported("colorsys", lambda: seen.append(sys.modules["colorsys"].rgb_to_hsv.__name__))
-assert seen == ["json"]
+assert seen == ["sys"]
 import colorsys
 print(seen, import_watch.pending(), import_watch._finder in sys.meta_path)
 """, env={"QWEN_INTERP_PLUGINS": ""})
-    assert out.stdout.strip() == "['json', 'rgb_to_hsv'] [] False"
+    assert out.stdout.strip() == "['sys', 'rgb_to_hsv'] [] False"
