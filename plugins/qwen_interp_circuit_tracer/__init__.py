@@ -1,9 +1,26 @@
-"""Built-in plugin: BluelightAI cross-layer transcoders in circuit-tracer."""
+"""Built-in plugin: BluelightAI cross-layer transcoders (CLTs) in circuit-tracer.
+
+- Releases: ``bluelightai/clt-qwen3-{0.6b,1.7b}-base-20k`` (aliases ``bluelight-qwen3-0.6b``,
+  ``bluelight-qwen3-1.7b``), loadable by ``ReplacementModel.from_pretrained(model, release)`` on
+  both backends, from the Hub or an offline cache, with or without ``config.yaml``.
+- Formats: ``circuit_tracer_hub`` and ``bluelight_native`` (``formats.py``, ``native.py``);
+  native checkpoints are converted once into ``$QWEN_INTERP_CACHE/clt`` (default
+  ``~/.cache/qwen-interp/clt``; ``cache.py``).
+- Validation before any allocation (``validate.py``): one :class:`TranscoderValidationError`
+  naming the file and tensor.
+- Top-k CLTs in attribution (``topk.py``); the adapter (``adapter.py``) documents the nnsight
+  hook points and the first-position decision for Qwen (no BOS).
+"""
 
 from __future__ import annotations
 
 from qwen_interp import hookimpl
 from qwen_interp.specs import TranscoderRelease
+
+from .adapter import CircuitTracerAdapter
+from .errors import TranscoderValidationError
+
+__all__ = ["BLUELIGHT_RELEASES", "CircuitTracerAdapter", "TranscoderValidationError"]
 
 # Hook points: the encoder reads the MLP input after the pre-MLP RMSNorm *with* its gain, the
 # decoder writes the MLP output (FACTS.md §3).
@@ -16,8 +33,23 @@ BLUELIGHT_RELEASES = (
                       feature_output_hook="mlp.hook_out", aliases=("bluelight-qwen3-1.7b",)),
 )
 
+_ADAPTER = CircuitTracerAdapter()
+
 
 @hookimpl
 def register_transcoder_releases(register):
     for release in BLUELIGHT_RELEASES:
         register(release)
+
+
+@hookimpl
+def register_transcoder_formats(register):
+    # Imported here: formats.py imports yaml only, circuit-tracer lazily.
+    from .formats import FORMATS
+    for fmt in FORMATS:
+        register(fmt)
+
+
+@hookimpl
+def register_adapters(register):
+    register(_ADAPTER)

@@ -1,0 +1,117 @@
+"""Transcoder formats this plugin registers, and the loader that picks one for a folder.
+
+- ``circuit_tracer_hub``: circuit-tracer's own layout (``W_enc_{l}`` / ``W_dec_{l}``), with or
+  without ``config.yaml``; validated, then loaded by upstream ``load_clt`` (or the top-k loader
+  when a conversion-cache ``config.yaml`` says ``activation: topk``/``topk_all``).
+- ``bluelight_native``: BluelightAI's ``single_file`` / ``layer_weights`` layouts; validated,
+  converted once into the cache (see ``cache.py``), then loaded like the hub layout, so the
+  lazy decoder reads the converted per-layer files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from qwen_interp.specs import TranscoderFormat, TranscoderRelease
+
+from . import cache, native
+from .errors import TranscoderValidationError
+from .validate import model_facts, validate_hub_layout
+
+
+def is_hub_layout(folder) -> bool:
+    folder = Path(folder)
+    return folder.is_dir() and any(folder.glob("W_enc_*.safetensors"))
+
+
+def read_config_yaml(folder: Path) -> dict:
+    path = Path(folder) / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise TranscoderValidationError(path, None, f"unreadable config.yaml ({exc})") from None
+    kind = cfg.get("model_kind", "cross_layer_transcoder")
+    if kind != "cross_layer_transcoder":
+        raise TranscoderValidationError(path, "model_kind", f"{kind!r}: only cross-layer "
+                                        "transcoders are handled here")
+    return cfg
+
+
+def load_hub_layout(folder, release: TranscoderRelease | None = None, registry=None,
+                    model_name: str | None = None, scan=None, **load_kwargs):
+    """Validate then load a circuit-tracer-layout folder into a CrossLayerTranscoder. Hooks and model come from its
+    ``config.yaml``, else from the release, else the caller."""
+    folder = Path(folder)
+    cfg = read_config_yaml(folder)
+    in_hook = cfg.get("feature_input_hook") or (release and release.feature_input_hook)
+    out_hook = cfg.get("feature_output_hook") or (release and release.feature_output_hook)
+    if not (in_hook and out_hook):
+        raise TranscoderValidationError(folder / "config.yaml", "feature_input_hook",
+                                        "no config.yaml hooks and no registered release to "
+                                        "take them from")
+    model = model_name or cfg.get("model_name") or (release and release.model_repo_id)
+    validate_hub_layout(folder, model_facts(model, registry))
+    from .topk import load_ct_layout
+    return load_ct_layout(folder, activation=cfg.get("activation"), k=cfg.get("k"),
+                          feature_input_hook=in_hook, feature_output_hook=out_hook,
+                          scan=scan if scan is not None else str(folder), **load_kwargs)
+
+
+def convert_native_folder(folder, release: TranscoderRelease | None = None, registry=None,
+                          model_name: str | None = None) -> Path:
+    """Validate a native checkpoint and return its circuit-tracer-layout cache folder (converting
+    it the first time). Nothing is written if validation fails."""
+    cfg = native.read_native_config(folder)
+    model = model_name or cfg.base_model_name or (release and release.model_repo_id)
+    facts = model_facts(model, registry)
+    native.validate_native(cfg, facts)
+    n_model_layers = facts.n_layers if facts else max(native.model_layers(cfg)) + 1
+    files = ["model_config.json", *cfg.files]
+    if cfg.layout == "layer_weights":
+        files.append("manifest.json")
+    key = cache.source_key(cfg.folder, files)
+
+    def build(tmp: Path) -> None:
+        native.convert_native(cfg, tmp, n_model_layers)
+        activation = {"jumprelu": "jump_relu"}.get(cfg.activation, cfg.activation)
+        (tmp / "config.yaml").write_text(yaml.safe_dump({
+            "model_kind": "cross_layer_transcoder",
+            "feature_input_hook": cfg.feature_input_hook,
+            "feature_output_hook": cfg.feature_output_hook,
+            "model_name": model, "activation": activation, "k": cfg.k,
+            "converted_from": str(cfg.folder), "source_layout": cfg.layout,
+        }, sort_keys=False))
+
+    name = release.repo_id if release else (model or "") + "-" + cfg.folder.name
+    return cache.cached_build(name, key, build)
+
+
+def load_native(folder, release=None, registry=None, model_name=None, scan=None, **load_kwargs):
+    converted = convert_native_folder(folder, release, registry, model_name)
+    return load_hub_layout(converted, release, registry, model_name,
+                           scan=scan if scan is not None else str(folder), **load_kwargs)
+
+
+FORMATS = (
+    TranscoderFormat("bluelight_native", detect=native.is_native, load=load_native),
+    TranscoderFormat("circuit_tracer_hub", detect=is_hub_layout, load=load_hub_layout),
+)
+
+
+def load_folder(folder, registry, release=None, **kwargs):
+    """Load with the first registered format that recognises ``folder``; returns the
+    transcoder and a circuit-tracer-style config dict."""
+    formats = registry.transcoder_formats.values() if registry is not None else FORMATS
+    for fmt in formats:
+        if fmt.detect(Path(folder)):
+            clt = fmt.load(folder, release=release, registry=registry, **kwargs)
+            return clt, {"model_kind": "cross_layer_transcoder", "format": fmt.name,
+                         "feature_input_hook": clt.feature_input_hook,
+                         "feature_output_hook": clt.feature_output_hook, "scan": clt.scan,
+                         "path": str(folder)}
+    raise TranscoderValidationError(folder, None, "no registered transcoder format recognises "
+                                    f"this folder (formats: {[f.name for f in formats]})")
