@@ -100,15 +100,15 @@ def validate_hub_layout(folder: str | Path, model: ModelFacts | None = None) -> 
         raise TranscoderValidationError(first, "W_enc_0", f"d_model {d_model}, but {model.name} "
                                         f"has d_model {model.d_model}")
     has_threshold = "threshold_0" in head
+    for layer in range(n_layers):  # every file first: a missing layer is named as such
+        for kind in ("W_enc", "W_dec"):
+            path = folder / f"{kind}_{layer}.safetensors"
+            if not path.is_file():
+                raise TranscoderValidationError(path, f"{kind}_{layer}", f"layer {layer} is "
+                                                f"missing ({n_layers} layers expected)")
     for layer in range(n_layers):
         enc = folder / f"W_enc_{layer}.safetensors"
         dec = folder / f"W_dec_{layer}.safetensors"
-        if not enc.is_file():
-            raise TranscoderValidationError(enc, f"W_enc_{layer}", f"layer {layer} is missing "
-                                            f"({n_layers} layers expected)")
-        if not dec.is_file():
-            raise TranscoderValidationError(dec, f"W_dec_{layer}", f"layer {layer} is missing "
-                                            f"({n_layers} layers expected)")
         h = read_header(enc)
         for name, shape in ((f"W_enc_{layer}", (d_latent, d_model)), (f"b_enc_{layer}", (d_latent,)),
                             (f"b_dec_{layer}", (d_model,))):
