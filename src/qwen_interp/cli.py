@@ -71,6 +71,23 @@ def cmd_trace(args) -> int:
     return 0
 
 
+def cmd_patches(args) -> int:
+    from pathlib import Path
+
+    from . import upstream
+    from qwen_interp_patches import projects
+    if args.action == "list":
+        for name, proj in projects().items():
+            for patch in proj.patches:
+                print(f"{name} {proj.pinned}  {patch.name:24} {patch.title}")
+        return 0
+    if not args.project:
+        print("render needs a project, e.g. `qwen-interp patches render transformer-lens`")
+        return 2
+    print(upstream.render(args.project, Path(args.against) if args.against else None))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .trace import SEED_PROMPT
     parser = argparse.ArgumentParser(prog="qwen-interp", description=__doc__)
@@ -90,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-feature-nodes", type=int, default=8192)
     t.add_argument("--batch-size", type=int, default=256)
     t.set_defaults(func=cmd_trace)
+    p = sub.add_parser("patches", help="upstream-ready patches: list, or render as a PR")
+    p.add_argument("action", choices=["list", "render"])
+    p.add_argument("project", nargs="?", help="e.g. transformer-lens")
+    p.add_argument("--against", help="upstream checkout (default: the installed pinned release)")
+    p.set_defaults(func=cmd_patches)
     return parser
 
 
