@@ -10,6 +10,7 @@ from qwen_interp import hookimpl
 from qwen_interp.specs import HookNameMap, HookPoint, ModelSpec
 
 QWEN3 = "Qwen3ForCausalLM"
+QWEN3_MOE = "Qwen3MoeForCausalLM"
 
 QWEN3_BASE_MODELS = (
     ModelSpec("Qwen/Qwen3-0.6B-Base", QWEN3, d_model=1024, n_layers=28, n_heads=16, n_kv_heads=8,
@@ -22,6 +23,16 @@ QWEN3_BASE_MODELS = (
               d_head=128, d_mlp=12288, tied_embeddings=False, aliases=("qwen3-8b-base",)),
     ModelSpec("Qwen/Qwen3-14B-Base", QWEN3, d_model=5120, n_layers=40, n_heads=40, n_kv_heads=8,
               d_head=128, d_mlp=17408, tied_embeddings=False, aliases=("qwen3-14b-base",)),
+)
+
+# Mixture of experts: every layer sparse (decoder_sparse_step 1, no mlp_only_layers),
+# norm_topk_prob true. d_mlp is config.json's intermediate_size (unused by the checkpoint: no
+# dense layer), d_expert_mlp its moe_intermediate_size.
+QWEN3_MOE_BASE_MODELS = (
+    ModelSpec("Qwen/Qwen3-30B-A3B-Base", QWEN3_MOE, d_model=2048, n_layers=48, n_heads=32,
+              n_kv_heads=4, d_head=128, d_mlp=6144, tied_embeddings=False,
+              aliases=("qwen3-30b-a3b-base",), n_experts=128, experts_per_token=8,
+              d_expert_mlp=768),
 )
 
 # One map, used by every plugin; each point is the same tensor in every ecosystem (tested).
@@ -51,13 +62,31 @@ QWEN3_HOOKS = HookNameMap(QWEN3, {
                             nnsight="model.layers[{layer}]"),
 })
 
+# Qwen3-MoE: the same dense points (the MoE block is ``model.layers.{layer}.mlp``; HF returns
+# (output, router_logits), the first element is the point), plus MoE points. ``router_logits``:
+# TL [batch, pos, n_experts], HF's gate output [batch*pos, n_experts] (HF flattens tokens).
+# ``expert_out`` has a second placeholder, ``{expert}``: one expert's output before its routing
+# weight, on the tokens routed to it only ([n_routed, d_model], same row order in TL and HF).
+# TransformerBridge names of the MoE points are not verified, so left out.
+QWEN3_MOE_HOOKS = HookNameMap(QWEN3_MOE, {
+    **QWEN3_HOOKS.points,
+    "router_logits": HookPoint(tl="blocks.{layer}.mlp.hook_router_logits",
+                               hf_module="model.layers.{layer}.mlp.gate", hf_port="output",
+                               nnsight="model.layers[{layer}].mlp.gate"),
+    "expert_out": HookPoint(tl="blocks.{layer}.mlp.experts.{expert}.hook_out",
+                            hf_module="model.layers.{layer}.mlp.experts.{expert}",
+                            hf_port="output",
+                            nnsight="model.layers[{layer}].mlp.experts[{expert}]"),
+})
+
 
 @hookimpl
 def register_models(register):
-    for spec in QWEN3_BASE_MODELS:
+    for spec in (*QWEN3_BASE_MODELS, *QWEN3_MOE_BASE_MODELS):
         register(spec)
 
 
 @hookimpl
 def register_hook_name_maps(register):
     register(QWEN3_HOOKS)
+    register(QWEN3_MOE_HOOKS)

@@ -4,6 +4,8 @@ What it bridges in TransformerLens 3.x (each part stands down when upstream alre
 - the registered Qwen3 checkpoints missing from ``OFFICIAL_MODEL_NAMES`` (all Base models but
   0.6B), with their aliases;
 - loading from a local checkpoint directory (``from_pretrained("/path/to/Qwen3-1.7B-Base")``);
+- ``Qwen3MoeForCausalLM`` (Qwen3-30B-A3B), which has no HookedTransformer path upstream: config,
+  MoE block with router/expert hooks, weight conversion (``moe.py``);
 - ``n_ctx``: the Qwen3 config branch hard-codes 2048; ``QWEN_INTERP_N_CTX`` sets the default, up
   to the checkpoint's ``max_position_embeddings`` (TL allocates an n_ctx x n_ctx mask per layer,
   so the default stays 2048 unless asked). ``from_pretrained(..., n_ctx=N)`` works as upstream.
@@ -20,8 +22,11 @@ from pathlib import Path
 from qwen_interp import hookimpl
 from qwen_interp.patching import PatchSet
 
-# Architectures whose HookedTransformer config branch and weight conversion exist upstream.
-HOOKED_TRANSFORMER_ARCHITECTURES = {"Qwen3ForCausalLM"}
+from . import moe
+
+# Architectures whose HookedTransformer config branch and weight conversion exist upstream
+# (Qwen3ForCausalLM) or are added by moe.py (unless upstream has them).
+HOOKED_TRANSFORMER_ARCHITECTURES = {"Qwen3ForCausalLM", moe.ARCHITECTURE}
 ENV_N_CTX = "QWEN_INTERP_N_CTX"
 DEFAULT_N_CTX = 2048
 
@@ -88,6 +93,8 @@ class TransformerLensAdapter:
             self.report.append("local checkpoint directories: upstream already accepts them")
         else:
             self._accept_local_dirs(loading)
+        moe.install(self._patches, loading, {s.repo_id for s in specs
+                                              if s.architecture == moe.ARCHITECTURE}, self.report)
         self._configurable_n_ctx(loading)
 
     def _register_names(self, sm, loading, specs) -> None:
