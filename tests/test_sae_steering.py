@@ -178,3 +178,21 @@ def test_wrong_model_and_feature_refused(setup, qwen_offline_hub, qwen_registry)
     finally:
         saes[0].cfg.metadata.model_name = old
     assert no_hooks(model)
+
+
+def test_steer_with_the_sae_spliced_in(setup):
+    """With the SAE attached (error term on), steering edits the SAE's output: same result."""
+    import qwen_interp_saelens as q
+    model, saes, ids = setup
+    with q.steer(model, saes[1], {0: 8.0}):
+        plain = last_logprobs(model, ids)
+    model.add_sae(saes[1], use_error_term=True)
+    try:
+        assert "blocks.1.hook_resid_post" not in model.hook_dict
+        with q.steer(model, saes[1], {0: 8.0}):
+            spliced = last_logprobs(model, ids)
+    finally:
+        model.reset_saes()
+    assert (plain - spliced).abs().max().item() <= 1e-4
+    assert (plain - last_logprobs(model, ids)).abs().max().item() > 1.0
+    assert no_hooks(model)
