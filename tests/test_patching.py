@@ -17,9 +17,10 @@ def test_patchset_undo_restores_objects_and_order():
     p.append(names, "a")              # equal to an upstream item
     p.setitem(aliases, "a", ["x", "y"])
     p.setitem(aliases, "c", ["z"])    # did not exist
+    p.setattr(mod, "h", "wrapper", restore="original")  # imported our wrapper by name
     assert names == ["a", "b", "a"] and mod.f is sum
     p.undo()
-    assert mod.f is len and not hasattr(mod, "g")
+    assert mod.f is len and not hasattr(mod, "g") and mod.h == "original"
     assert names == ["a", "b"] and aliases == {"a": ["x"]}
     assert not p
 

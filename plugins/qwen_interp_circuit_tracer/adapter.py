@@ -51,14 +51,6 @@ QWEN3_NNSIGHT_HOOKS = {
 NNSIGHT_HOOKS = {"Qwen3ForCausalLM": QWEN3_NNSIGHT_HOOKS}
 
 
-class _PatchSet(PatchSet):
-    def setattr_restoring(self, obj, name, value, restore_to) -> None:
-        """Like setattr, but undo restores ``restore_to``: for a module that imported our wrapper
-        by name while it was patched (upstream would hold the original there)."""
-        self._undo.append(("attr", obj, name, restore_to))
-        setattr(obj, name, value)
-
-
 def release_for_folder(folder: Path, registry):
     """A registered release whose Hub cache folder contains ``folder`` (models--org--name)."""
     for rel in registry.transcoder_releases.values():
@@ -138,7 +130,7 @@ class CircuitTracerAdapter:
     module = "circuit_tracer"
 
     def __init__(self) -> None:
-        self._patches = _PatchSet()
+        self._patches = PatchSet()
         self.active = False
         self.report: list[str] = []
         self._registry = None
@@ -180,8 +172,8 @@ class CircuitTracerAdapter:
             self._patch_hf_utils()
         if mod.load_transcoder_from_hub is self._wrapper:
             # Imported while hf_utils was patched: undo must leave upstream's original here.
-            self._patches.setattr_restoring(mod, "load_transcoder_from_hub", self._wrapper,
-                                            self._original)
+            self._patches.setattr(mod, "load_transcoder_from_hub", self._wrapper,
+                                  restore=self._original)
         else:
             self._patches.setattr(mod, "load_transcoder_from_hub", self._wrapper)
         cls_name = BACKENDS.get(modname)

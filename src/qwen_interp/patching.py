@@ -18,8 +18,11 @@ class PatchSet:
     def __bool__(self) -> bool:
         return bool(self._undo)
 
-    def setattr(self, obj: Any, name: str, value: Any) -> None:
-        self._undo.append(("attr", obj, name, getattr(obj, name, _MISSING)))
+    def setattr(self, obj: Any, name: str, value: Any, restore: Any = _MISSING) -> None:
+        """Set ``obj.name``; undo puts back what was there, or ``restore`` if given (for a module
+        that imported one of our wrappers by name: upstream would hold the original there)."""
+        old = getattr(obj, name, _MISSING) if restore is _MISSING else restore
+        self._undo.append(("attr", obj, name, old))
         setattr(obj, name, value)
 
     def append(self, target: list, item: Any) -> None:
