@@ -154,3 +154,20 @@ def test_error_before_any_allocation(tmp_path, cache_dir, monkeypatch):
     truncate(folder / "W_dec_2.safetensors")
     expect_error(folder, cache_dir, "W_dec_2.safetensors", "W_dec_2", "truncated")
     assert calls == []
+
+
+def test_registered_clt_for_the_wrong_model_fails_before_loading(monkeypatch):
+    """`from_pretrained(<0.6B model>, <1.7B CLT>)`: one clear error, and neither the model nor
+    the transcoder is touched (no file is opened, nothing is downloaded)."""
+    import qwen_interp  # noqa: F401
+    from circuit_tracer import ReplacementModel
+    from circuit_tracer.replacement_model import replacement_model
+    from qwen_interp_circuit_tracer import TranscoderValidationError
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("loading started")
+
+    monkeypatch.setattr(replacement_model, "load_transcoder_from_hub", must_not_load)
+    with pytest.raises(TranscoderValidationError, match="trained on Qwen/Qwen3-1.7B-Base, not on "
+                                                        "Qwen/Qwen3-0.6B-Base"):
+        ReplacementModel.from_pretrained("Qwen/Qwen3-0.6B-Base", "bluelight-qwen3-1.7b")

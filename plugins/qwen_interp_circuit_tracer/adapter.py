@@ -8,6 +8,8 @@ What it changes (all through a PatchSet; ``deactivate()`` restores upstream exac
    releases (repo id or alias, optional ``@revision``) and local folders, in any registered
    format, with validation first; any other reference, or a release already in circuit-tracer's
    own cache (``save_transcoders_to_cache``), goes to upstream unchanged.
+   ``ReplacementModel.from_pretrained`` refuses a registered CLT paired with another registered
+   model before loading anything.
 2. nnsight hook points for Qwen3: circuit-tracer maps only ``mlp.hook_in``/``mlp.hook_out``; the
    adapter adds the missing ``hook_resid_mid`` and ``hook_mlp_out`` (never overriding an
    upstream entry).
@@ -32,7 +34,8 @@ from qwen_interp import import_watch
 from qwen_interp.patching import PatchSet
 
 HF_UTILS = "circuit_tracer.utils.hf_utils"
-IMPORTERS = ("circuit_tracer.replacement_model.replacement_model",
+FACTORY = "circuit_tracer.replacement_model.replacement_model"
+IMPORTERS = (FACTORY,
              "circuit_tracer.replacement_model.replacement_model_transformerlens",
              "circuit_tracer.replacement_model.replacement_model_nnsight")
 MAPPING = "circuit_tracer.utils.tl_nnsight_mapping"
@@ -98,6 +101,27 @@ def make_loader(original, registry):
 
     load_transcoder_from_hub.__qwen_interp_original__ = original
     return load_transcoder_from_hub
+
+
+def with_model_check(from_pretrained, registry):
+    """Wrap ``ReplacementModel.from_pretrained`` so that a registered CLT paired with another
+    registered model fails at once, before either is loaded (not later with a shape error)."""
+
+    @functools.wraps(from_pretrained)
+    def wrapper(cls, model_name, transcoder_set, *args, **kwargs):
+        from .errors import TranscoderValidationError
+        try:
+            release = registry.transcoder_release(str(transcoder_set).partition("@")[0])
+            model = registry.model(str(model_name))
+        except KeyError:
+            release = model = None  # not both registered: nothing to compare
+        if release is not None and model.repo_id != release.model_repo_id:
+            raise TranscoderValidationError(
+                release.repo_id, None, f"this CLT was trained on {release.model_repo_id}, "
+                f"not on {model.repo_id}; nothing was loaded")
+        return from_pretrained(cls, model_name, transcoder_set, *args, **kwargs)
+
+    return classmethod(wrapper)
 
 
 def with_first_position(method, architectures):
@@ -176,6 +200,12 @@ class CircuitTracerAdapter:
                                   restore=self._original)
         else:
             self._patches.setattr(mod, "load_transcoder_from_hub", self._wrapper)
+        if modname == FACTORY:
+            factory = mod.ReplacementModel
+            self._patches.setattr(factory, "from_pretrained", with_model_check(
+                factory.__dict__["from_pretrained"].__func__, self._registry))
+            self.report.append("ReplacementModel.from_pretrained: a registered CLT must match "
+                               "its model")
         cls_name = BACKENDS.get(modname)
         if cls_name:
             cls = getattr(mod, cls_name)
