@@ -173,3 +173,27 @@ def test_reference_loader_matches_saelens_plain_loader(qwen_offline_hub):
     assert ours.keys() == plain.keys()
     for k in plain:
         assert torch.equal(ours[k], plain[k]), k
+
+
+def test_hook_register_sae_releases_third_party_release(qwen_offline_hub, qwen_registry):
+    """A plugin's ``register_sae_releases`` record becomes a SAELens release (added by the
+    adapter, since SAELens lacks it), loads by name, and disappears with the plugin."""
+    from sae_lens import SAE
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+    from qwen_interp.testing.sae_hub import SAEReleasePlugin, qwen_scope_snapshot, tiny_release
+    rel = tiny_release(qwen_registry.model("Qwen/Qwen3-1.7B-Base"), d_sae=128, k=4)
+    qwen_scope_snapshot(qwen_offline_hub, rel, [2])
+    plugin = SAEReleasePlugin([rel])
+    qwen_interp.register_plugin(plugin)
+    try:
+        assert qwen_interp.registry().sae_releases[rel.release] == rel
+        entry = get_pretrained_saes_directory()[rel.release]
+        assert (entry.repo_id, entry.model, entry.conversion_func) == (
+            rel.repo_id, rel.model_repo_id, "qwen_scope")
+        sae = SAE.from_pretrained(rel.release, "layer2")
+        assert (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.k) == (rel.d_model, 128, 4)
+        assert sae.cfg.metadata.hook_name == "blocks.2.hook_resid_post"
+    finally:
+        qwen_interp.unregister_plugin(plugin)
+    assert rel.release not in qwen_interp.registry().sae_releases
+    assert rel.release not in get_pretrained_saes_directory()
