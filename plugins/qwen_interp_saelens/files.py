@@ -15,6 +15,8 @@ Only torch and safetensors are needed here (no SAELens), so the cache also serve
 
 Cache location: ``$QWEN_INTERP_CACHE/saes``, else ``$XDG_CACHE_HOME/qwen-interp/saes``, else
 ``~/.cache/qwen-interp/saes``. ``QWEN_INTERP_SAE_CACHE=0`` reads the pickle every time (still safely).
+Cache files are only ever replaced by rename; delete them (``rm``), never truncate or rewrite one
+in place: a process that has it mapped would get SIGBUS.
 """
 
 from __future__ import annotations
@@ -119,13 +121,15 @@ def load_pickle_safely(path: str | os.PathLike, expected: Expected):
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" in str(exc):
-            culprit = re.search(r"(?:Unsupported global|Unsupported operand|GLOBAL)[^\n]*", str(exc))
+        text = str(exc)
+        if "weights only" in text.lower() or "weights_only" in text:
+            culprit = re.search(r"(?:unsupported GLOBAL|Unsupported global:? GLOBAL) [\w.]+", text)
+            what = (f"the pickle would run code ({culprit.group(0).strip()})" if culprit else
+                    "the pickle holds something other than plain tensors (or is corrupt)")
             raise UnsafeCheckpointError(
-                f"{path}: refused: the pickle would run code "
-                f"({culprit.group(0).strip() if culprit else 'non-tensor object'}); nothing in it "
-                f"was executed. A Qwen-Scope layer file holds only the tensors "
-                f"{', '.join(KEYS)}. Do not load this file with weights_only=False.") from None
+                f"{path}: refused: {what}; nothing in it was executed. A Qwen-Scope layer file "
+                f"holds only the tensors {', '.join(KEYS)}. Do not load this file with "
+                f"weights_only=False.") from None
         raise _truncated(path, size, expected, exc) from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         raise _truncated(path, size, expected, exc) from None
