@@ -17,13 +17,16 @@ from conftest import SEED_PROMPT
 MODEL = "Qwen/Qwen3-1.7B-Base"
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("QWEN_INTERP_CACHE", str(tmp_path_factory.getbasetemp() / "qwen-cache"))
+@pytest.fixture(scope="module")
+def _private_cache(tmp_path_factory):
+    # Module scope: the module fixture below already loads SAEs (and so writes the cache).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QWEN_INTERP_CACHE", str(tmp_path_factory.getbasetemp() / "qwen-cache"))
+        yield
 
 
 @pytest.fixture(scope="module")
-def setup(qwen_offline_hub, qwen_registry):
+def setup(_private_cache, qwen_offline_hub, qwen_registry):
     from sae_lens import SAE, HookedSAETransformer
     from qwen_interp.testing.sae_hub import SAEReleasePlugin, qwen_scope_snapshot, tiny_release
     spec = qwen_registry.model(MODEL)
