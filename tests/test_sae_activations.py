@@ -11,6 +11,9 @@ import torch
 import qwen_interp
 from conftest import SEED_PROMPT
 
+# The Qwen3 models behind Qwen-Scope releases (the Qwen3.5 ones are not loadable yet).
+RELEASE_MODELS = ["Qwen/Qwen3-1.7B-Base", "Qwen/Qwen3-8B-Base", "Qwen/Qwen3-30B-A3B-Base"]
+
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
@@ -19,10 +22,11 @@ def _private_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny(qwen_offline_hub, qwen_registry):
-    """Tiny Qwen-Scope-format releases for the small 1.7B and 8B stand-ins, registered by a plugin."""
+    """Tiny Qwen-Scope-format releases for the small stand-ins of every Qwen3 model behind a
+    Qwen-Scope release, registered by a plugin."""
     from qwen_interp.testing.sae_hub import SAEReleasePlugin, qwen_scope_snapshot, tiny_release
     rels = {}
-    for repo in ("Qwen/Qwen3-1.7B-Base", "Qwen/Qwen3-8B-Base"):
+    for repo in RELEASE_MODELS:
         spec = qwen_registry.model(repo)
         qwen_offline_hub.model(spec)
         rels[repo] = tiny_release(spec)
@@ -64,7 +68,7 @@ def prompt_ids(repo_id: str) -> torch.Tensor:
     return AutoTokenizer.from_pretrained(repo_id)(SEED_PROMPT, return_tensors="pt").input_ids
 
 
-@pytest.mark.parametrize("model_repo", ["Qwen/Qwen3-1.7B-Base", "Qwen/Qwen3-8B-Base"])
+@pytest.mark.parametrize("model_repo", RELEASE_MODELS)
 def test_saelens_activations_equal_hf_reference(tiny, model_repo):
     from sae_lens import SAE, HookedSAETransformer
     rel = tiny[model_repo]
@@ -100,3 +104,10 @@ def test_sae_attached_to_model_changes_downstream_only_through_reconstruction(ti
         recon = model.run_with_saes(ids, saes=[sae])
     assert (exact - clean).abs().max().item() <= 1e-4
     assert (recon - clean).abs().max().item() > 1e-2
+
+
+def test_release_models_covered(qwen_registry):
+    """Every release whose model is a registered checkpoint is exercised above."""
+    registered = {rel.model_repo_id for name, rel in qwen_interp.registry().sae_releases.items()
+                  if name.startswith("qwen-scope-") and rel.model_repo_id in qwen_registry.models}
+    assert registered == set(RELEASE_MODELS)
