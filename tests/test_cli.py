@@ -59,3 +59,13 @@ def test_trace_demo_end_to_end(tmp_path):
     hub = tmp_path / "cache" / "demo-hf" / "hub"
     assert (hub / "models--Qwen--Qwen3-1.7B-Base" / "refs" / "main").is_file()
     assert (hub / "models--bluelightai--clt-qwen3-1.7b-base-20k" / "refs" / "main").is_file()
+
+
+def test_saes_lists_releases_and_cache(tmp_path):
+    out = run_cli("saes", env={"QWEN_INTERP_CACHE": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert f"cache: {tmp_path}/saes" in out.stdout
+    lines = [line for line in out.stdout.splitlines() if line.startswith("qwen-scope-")]
+    assert len(lines) == 14
+    assert any(line.startswith("qwen-scope-3-1.7b-base-w32k-l50 ") and "layers 28" in line
+               for line in lines)

@@ -63,14 +63,18 @@ def release_for_folder(folder: Path, registry):
     return None
 
 
-def make_loader(original, registry):
-    """The wrapper around upstream ``load_transcoder_from_hub``."""
+def make_loader(original):
+    """The wrapper around upstream ``load_transcoder_from_hub``. It reads the registry at call
+    time, so a reference imported before a plugin was registered still sees the plugin."""
 
     @functools.wraps(original)
     def load_transcoder_from_hub(hf_ref, device=None, dtype=None, lazy_encoder=False,
                                  lazy_decoder=True, cache_dir=None, use_cache=True):
         import torch
+
+        import qwen_interp
         from .formats import load_folder
+        registry = qwen_interp.registry()
         dtype = torch.float32 if dtype is None else dtype
         upstream = functools.partial(original, device=device, dtype=dtype,
                                      lazy_encoder=lazy_encoder, lazy_decoder=lazy_decoder,
@@ -103,13 +107,15 @@ def make_loader(original, registry):
     return load_transcoder_from_hub
 
 
-def with_model_check(from_pretrained, registry):
+def with_model_check(from_pretrained):
     """Wrap ``ReplacementModel.from_pretrained`` so that a registered CLT paired with another
     registered model fails at once, before either is loaded (not later with a shape error)."""
 
     @functools.wraps(from_pretrained)
     def wrapper(cls, model_name, transcoder_set, *args, **kwargs):
+        import qwen_interp
         from .errors import TranscoderValidationError
+        registry = qwen_interp.registry()
         try:
             release = registry.transcoder_release(str(transcoder_set).partition("@")[0])
             model = registry.model(str(model_name))
@@ -184,7 +190,7 @@ class CircuitTracerAdapter:
         hf_utils = importlib.import_module(HF_UTILS)
         current = hf_utils.load_transcoder_from_hub
         self._original = getattr(current, "__qwen_interp_original__", current)
-        self._wrapper = make_loader(self._original, self._registry)
+        self._wrapper = make_loader(self._original)
         self._patches.setattr(hf_utils, "load_transcoder_from_hub", self._wrapper)
         self.report.append("load_transcoder_from_hub: registered CLT releases, aliases, local "
                            "folders, BluelightAI native formats, validation")
@@ -203,7 +209,7 @@ class CircuitTracerAdapter:
         if modname == FACTORY:
             factory = mod.ReplacementModel
             self._patches.setattr(factory, "from_pretrained", with_model_check(
-                factory.__dict__["from_pretrained"].__func__, self._registry))
+                factory.__dict__["from_pretrained"].__func__))
             self.report.append("ReplacementModel.from_pretrained: a registered CLT must match "
                                "its model")
         cls_name = BACKENDS.get(modname)

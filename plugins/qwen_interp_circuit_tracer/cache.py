@@ -19,14 +19,13 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-ENV_CACHE = "QWEN_INTERP_CACHE"
+from qwen_interp import paths
+
 CONVERTER_VERSION = "1"
 
 
 def cache_root() -> Path:
-    base = os.environ.get(ENV_CACHE)
-    root = Path(base).expanduser() if base else Path.home() / ".cache" / "qwen-interp"
-    return root / "clt"
+    return paths.cache_root() / "clt"
 
 
 def source_key(folder: Path, files: list[str]) -> str:

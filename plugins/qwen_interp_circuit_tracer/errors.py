@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from qwen_interp.errors import CheckpointError
 
-class TranscoderValidationError(ValueError):
+
+class TranscoderValidationError(CheckpointError):
     """A transcoder checkpoint is incomplete, inconsistent or does not fit its model.
 
     Raised before any large allocation and before anything is written to the conversion cache.

@@ -32,13 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-ENV_CACHE = "QWEN_INTERP_CACHE"
+from qwen_interp.errors import CheckpointError
+from qwen_interp.paths import cache_root  # one root for every plugin
+
 ENV_SAE_CACHE_ENABLED = "QWEN_INTERP_SAE_CACHE"
 CACHE_FORMAT = "qwen-interp-sae-v1"
 KEYS = ("W_enc", "W_dec", "b_enc", "b_dec")
 
 
-class SAEFileError(ValueError):
+class SAEFileError(CheckpointError):
     """A Qwen-Scope SAE file is unreadable, truncated, or not the SAE that was expected."""
 
 
@@ -68,12 +70,6 @@ class Expected:
 
 
 # --- cache location --------------------------------------------------------------------------
-def cache_root() -> Path:
-    """Root of qwen-interp's cache (``$QWEN_INTERP_CACHE`` or the XDG cache folder)."""
-    if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "qwen-interp"
 
 
 def sae_cache_dir() -> Path:

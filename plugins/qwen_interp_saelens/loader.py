@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from qwen_interp.errors import CheckpointError
 from qwen_interp.specs import SAERelease
 
 from .files import Expected, SAEFileError, load_pickle_safely, others_from, read_layer
@@ -23,7 +24,7 @@ QWEN_SCOPE = "qwen_scope"  # SAELens's conversion_func name for Qwen-Scope
 _DEFAULT_TL, _DEFAULT_HF = "blocks.{layer}.hook_resid_post", "model.layers.{layer}"
 
 
-class SAEModelMismatchError(ValueError):
+class SAEModelMismatchError(CheckpointError):
     """An SAE is used with a model it was not trained on."""
 
 

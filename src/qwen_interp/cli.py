@@ -55,6 +55,16 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_saes(args) -> int:
+    try:
+        from qwen_interp_saelens import format_sae_releases, list_sae_releases
+    except ImportError:
+        print("the saelens plugin is not installed or not loaded")
+        return 1
+    print(format_sae_releases(list_sae_releases(args.release), verbose=args.verbose))
+    return 0
+
+
 def cmd_trace(args) -> int:
     from . import trace
     demo = args.model is None and args.transcoder is None
@@ -96,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=cmd_doctor)
     sub.add_parser("models", help="registered models, transcoders and SAE releases"
                    ).set_defaults(func=cmd_models)
+    s = sub.add_parser("saes", help="Qwen-Scope SAE releases, their layers and where each is cached")
+    s.add_argument("release", nargs="?", help="one release, e.g. qwen-scope-3-1.7b-base-w32k-l50")
+    s.add_argument("-v", "--verbose", action="store_true", help="one line per layer, with paths")
+    s.set_defaults(func=cmd_saes)
     t = sub.add_parser("trace", help="attribution graph of a prompt (default: offline demo)")
     t.add_argument("--model", help="model repo id or alias (default: offline demo)")
     t.add_argument("--transcoder", help="CLT repo id or alias (default: offline demo)")

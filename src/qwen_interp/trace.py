@@ -19,8 +19,8 @@ DEFAULT_TRANSCODER = "bluelightai/clt-qwen3-1.7b-base-20k"
 
 
 def demo_hf_home() -> Path:
-    root = os.environ.get("QWEN_INTERP_CACHE") or Path.home() / ".cache" / "qwen-interp"
-    return Path(root) / "demo-hf"
+    from .paths import cache_root
+    return cache_root() / "demo-hf"
 
 
 def use_demo_hub() -> Path:
