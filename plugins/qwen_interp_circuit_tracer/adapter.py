@@ -44,14 +44,22 @@ BACKENDS = {"circuit_tracer.replacement_model.replacement_model_transformerlens"
             "circuit_tracer.replacement_model.replacement_model_nnsight": "NNSightReplacementModel"}
 STRING_INPUT_METHODS = ("get_activations", "feature_intervention", "feature_intervention_generate")
 
-# nnsight locations of circuit-tracer hook names in Qwen3ForCausalLM (HF module paths).
-QWEN3_NNSIGHT_HOOKS = {
-    "mlp.hook_in": ("model.layers[{layer}].post_attention_layernorm", "output"),
-    "mlp.hook_out": ("model.layers[{layer}].mlp", "output"),
-    "hook_resid_mid": ("model.layers[{layer}].post_attention_layernorm", "input"),
-    "hook_mlp_out": ("model.layers[{layer}].mlp", "output"),
-}
-NNSIGHT_HOOKS = {"Qwen3ForCausalLM": QWEN3_NNSIGHT_HOOKS}
+# circuit-tracer's feature hook names (inside a block) that its nnsight backend must resolve.
+FEATURE_HOOKS = ("mlp.hook_in", "mlp.hook_out", "hook_resid_mid", "hook_mlp_out")
+
+
+def nnsight_feature_hooks(hook_map) -> dict[str, tuple[str, str]]:
+    """circuit-tracer's ``feature_hook_mapping`` entries, from the architecture's one hook-name
+    map (the same map every plugin uses)."""
+    out = {}
+    for point in hook_map.points.values():
+        if point.nnsight is None:
+            continue
+        for tl in (point.tl, *point.tl_aliases):
+            name = tl.removeprefix("blocks.{layer}.")
+            if name in FEATURE_HOOKS:
+                out[name] = (point.nnsight, point.nnsight_port or point.hf_port)
+    return out
 
 
 def release_for_folder(folder: Path, registry):
@@ -107,24 +115,29 @@ def make_loader(original):
     return load_transcoder_from_hub
 
 
+def check_pairing(model_name, transcoder_set) -> None:
+    """Refuse a registered CLT paired with another registered model (before loading either)."""
+    import qwen_interp
+    from .errors import TranscoderValidationError
+    registry = qwen_interp.registry()
+    try:
+        release = registry.transcoder_release(str(transcoder_set).partition("@")[0])
+        model = registry.model(str(model_name))
+    except KeyError:
+        return  # not both registered: nothing to compare
+    if model.repo_id != release.model_repo_id:
+        raise TranscoderValidationError(
+            release.repo_id, None, f"this CLT was trained on {release.model_repo_id}, "
+            f"not on {model.repo_id}; nothing was loaded")
+
+
 def with_model_check(from_pretrained):
     """Wrap ``ReplacementModel.from_pretrained`` so that a registered CLT paired with another
     registered model fails at once, before either is loaded (not later with a shape error)."""
 
     @functools.wraps(from_pretrained)
     def wrapper(cls, model_name, transcoder_set, *args, **kwargs):
-        import qwen_interp
-        from .errors import TranscoderValidationError
-        registry = qwen_interp.registry()
-        try:
-            release = registry.transcoder_release(str(transcoder_set).partition("@")[0])
-            model = registry.model(str(model_name))
-        except KeyError:
-            release = model = None  # not both registered: nothing to compare
-        if release is not None and model.repo_id != release.model_repo_id:
-            raise TranscoderValidationError(
-                release.repo_id, None, f"this CLT was trained on {release.model_repo_id}, "
-                f"not on {model.repo_id}; nothing was loaded")
+        check_pairing(model_name, transcoder_set)
         return from_pretrained(cls, model_name, transcoder_set, *args, **kwargs)
 
     return classmethod(wrapper)
@@ -224,8 +237,11 @@ class CircuitTracerAdapter:
     def _patch_nnsight_mapping(self) -> None:
         import importlib
         mapping = importlib.import_module(MAPPING)
-        for arch, hooks in NNSIGHT_HOOKS.items():
+        for arch, hook_map in self._registry.hook_name_maps.items():
+            hooks = nnsight_feature_hooks(hook_map)
             entry = mapping._REGISTRY.get(arch)
+            if not hooks:
+                continue
             if entry is None:
                 self.report.append(f"nnsight: circuit-tracer has no {arch} mapping; not added")
                 continue

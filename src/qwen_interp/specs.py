@@ -40,6 +40,7 @@ class HookPoint:
 
     ``hf_module`` is a dotted module path in the HF model; ``hf_port`` says whether the value is
     that module's ``input`` (first positional argument) or ``output`` (first element if a tuple).
+    ``nnsight`` is an envoy location in circuit-tracer's syntax, read at ``nnsight_port``.
     """
 
     tl: str
@@ -47,6 +48,8 @@ class HookPoint:
     hf_port: str  # "input" | "output"
     bridge: str | None = None
     nnsight: str | None = None
+    nnsight_port: str | None = None  # defaults to hf_port
+    tl_aliases: tuple[str, ...] = ()  # other TL names of the same value (e.g. circuit-tracer's)
 
 
 @dataclass(frozen=True)
