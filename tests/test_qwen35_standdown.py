@@ -1,0 +1,61 @@
+"""The Qwen3.5 plugin in whatever profile runs the tests. Main profile (transformers 4.57, pinned
+by circuit-tracer): it registers its models and hook maps, stands down with the profile's name in
+``doctor``, and ``load_model`` refuses with the same message; importing never fails. Profile
+qwen35 (transformers >= 5.2): doctor says which backend loads each model."""
+
+from __future__ import annotations
+
+import pytest
+
+import qwen_interp
+from conftest import run_python
+
+QWEN35_REPOS = ["Qwen/Qwen3.5-2B-Base", "Qwen/Qwen3.5-9B-Base", "Qwen/Qwen3.5-27B",
+                "Qwen/Qwen3.5-35B-A3B-Base"]
+
+
+def test_models_and_hook_maps_registered(qwen_registry):
+    from qwen_interp_qwen35 import QWEN35, QWEN35_MOE
+    for repo in QWEN35_REPOS:
+        spec = qwen_registry.model(repo)
+        assert qwen_registry.owners["models"][repo] == "qwen35"
+        point = qwen_registry.hook_names(spec.architecture).point("resid_post")
+        assert (point.tl, point.hf_module) == ("blocks.{layer}.hook_resid_post",
+                                               "model.layers.{layer}")
+    assert {qwen_registry.model(r).architecture for r in QWEN35_REPOS} == {QWEN35, QWEN35_MOE}
+
+
+def test_release_models_match_their_sae_releases(qwen_registry):
+    """Every Qwen-Scope Qwen3.5 release names a registered model of its d_model and depth."""
+    rels = [r for r in qwen_registry.sae_releases.values() if "Qwen3.5" in r.model_repo_id]
+    assert len(rels) == 8
+    for rel in rels:
+        spec = qwen_registry.model(rel.model_repo_id)
+        assert (spec.d_model, spec.n_layers) == (rel.d_model, rel.n_layers), rel.release
+
+
+def test_status_and_load_model():
+    import qwen_interp_qwen35 as q
+    adapter = qwen_interp.registry().adapters["qwen35"]
+    status = adapter.status()
+    if q.qwen35_supported():
+        assert all(any(line.startswith(f"{r}: load_model -> ") for line in status)
+                   for r in QWEN35_REPOS), status
+        return
+    assert status[0].startswith("stood down: transformers 4.")
+    assert "Qwen3.5 needs transformers >= 5.2" in status[0] and "profile qwen35" in status[0]
+    with pytest.raises(RuntimeError, match=r"transformers >= 5\.2.*profile qwen35"):
+        q.load_model("Qwen/Qwen3.5-2B-Base")
+
+
+def test_doctor_reports_the_plugin():
+    proc = run_python("""
+        from qwen_interp.cli import main
+        main(["doctor"])
+    """, check=False)
+    lines = [line for line in proc.stdout.splitlines() if "[qwen35]" in line]
+    assert lines, proc.stdout + proc.stderr
+    import qwen_interp_qwen35 as q
+    if not q.qwen35_supported():
+        assert "stood down" in lines[0] and "profile qwen35" in lines[0], lines
+    assert "qwen35" in proc.stdout.split("plugins:")[1].splitlines()[0]
