@@ -59,3 +59,22 @@ def test_doctor_reports_the_plugin():
     if not q.qwen35_supported():
         assert "stood down" in lines[0] and "profile qwen35" in lines[0], lines
     assert "qwen35" in proc.stdout.split("plugins:")[1].splitlines()[0]
+
+
+def test_sae_configs_point_at_the_registered_hook_map(qwen_registry):
+    """SAELens's config of every Qwen3.5 release (what SAE.from_pretrained uses) names the
+    registered model, its width, and this plugin's resid_post in TL/bridge and HF terms."""
+    import sae_lens  # noqa: F401 - arms the SAELens adapter
+    from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_CONFIG_GETTERS
+    getter = NAMED_PRETRAINED_SAE_CONFIG_GETTERS["qwen_scope"]
+    for rel in qwen_registry.sae_releases.values():
+        if "Qwen3.5" not in rel.model_repo_id:
+            continue
+        spec = qwen_registry.model(rel.model_repo_id)
+        point = qwen_registry.hook_names(spec.architecture).point(rel.hook_point)
+        for n in (0, spec.n_layers - 1):
+            cfg = getter(rel.repo_id, f"layer{n}.sae.pt", "cpu")
+            assert (cfg["model_name"], cfg["d_in"], cfg["d_sae"]) == (spec.repo_id, spec.d_model,
+                                                                     rel.d_sae), rel.release
+            assert cfg["hook_name"] == point.tl.format(layer=n) == point.bridge.format(layer=n)
+            assert cfg["hf_hook_name"] == point.hf_module.format(layer=n)
