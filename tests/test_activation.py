@@ -146,3 +146,21 @@ def test_conflicting_plugin_is_refused_and_registry_kept():
     assert qwen_interp.registry().models == before_models
     assert list(OFFICIAL_MODEL_NAMES) == before_names
     assert not qwen_interp.plugin_manager().has_plugin("conflicting")
+
+
+def test_plugin_imported_before_qwen_interp_is_registered_once_loaded():
+    """`import qwen_interp_saelens` first: qwen_interp activates while that module is half
+    imported; the plugin is registered when its import finishes, before the next import (so its
+    adapter is armed for sae_lens) and at the next registry lookup."""
+    out = run_python("""
+import json
+import qwen_interp_saelens
+import sae_lens
+import qwen_interp
+reg = qwen_interp.registry()
+print(json.dumps([len(reg.sae_releases), "saelens" in reg.adapters,
+                  reg.adapters["saelens"].status()[0]]))
+""")
+    n_releases, has_adapter, status = json.loads(out.stdout.strip().splitlines()[-1])
+    assert n_releases == 14 and has_adapter
+    assert not status.startswith("not active")

@@ -40,6 +40,11 @@ def test_known_bad_versions_are_flagged():
     assert [w.split()[0] for w in bad] == ["transformer-lens", "transformers", "nnsight"]
     assert compat.warnings_for({"transformers": "4.57.1", "transformer-lens": "3.2.1",
                                 "nnsight": "0.6.1"}) == []
+    # The qwen35 profile (no circuit-tracer): TL 3.9 and huggingface-hub 2.x are right there.
+    assert compat.warnings_for({"transformers": "5.23.0", "transformer-lens": "3.9.0",
+                                "huggingface-hub": "2.4.0"}) == []
+    assert len(compat.warnings_for({"transformer-lens": "3.9.0", "huggingface-hub": "2.4.0",
+                                    "circuit-tracer": "0.5.0"})) == 2
 
 
 def test_trace_demo_end_to_end(tmp_path):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pluggy
 
 from . import import_watch
-from .plugins import load_entry_point_plugins, new_plugin_manager
+from .plugins import is_initializing, load_entry_point_plugins, new_plugin_manager
 from .registry import Registry, collect
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,9 @@ class State:
 
 
 _state: State | None = None
+# Entry-point plugins whose module was still being imported when qwen_interp activated (a plugin
+# imported before qwen_interp imports it mid-way): registered at the next import or lookup.
+_pending: list = []
 
 
 def is_active() -> bool:
@@ -39,6 +42,7 @@ def is_active() -> bool:
 def state() -> State:
     """The active state (activating on first use)."""
     activate()
+    _register_pending()
     assert _state is not None
     return _state
 
@@ -57,8 +61,28 @@ def activate() -> None:
         if _state is not None:
             return
         pm = new_plugin_manager()
-        names = load_entry_point_plugins(pm)
+        names = load_entry_point_plugins(pm, _pending)
         _install(State(pm=pm, registry=collect(pm), plugin_names=names))
+        if _pending:
+            import_watch.before_any_import(_register_pending)
+
+
+def _register_pending() -> None:
+    """Register pending plugins whose import has finished (and re-arm the adapters)."""
+    with _lock:
+        if _state is None or not _pending:
+            return
+        ready = [(name, mod) for name, mod in _pending if not is_initializing(mod)]
+        if not ready:
+            return
+        for item in ready:
+            _pending.remove(item)
+        if not _pending:
+            import_watch.before_any_import(None)
+        st = _state
+        for name, mod in ready:
+            st.pm.register(mod, name=name)
+        _reinstall(st, collect(st.pm), sorted([*st.plugin_names, *(n for n, _ in ready)]))
 
 
 def register_plugin(plugin, name: str | None = None) -> None:
@@ -94,6 +118,8 @@ def deactivate() -> None:
         if _state is None:
             return
         _disarm(_state)
+        _pending.clear()
+        import_watch.before_any_import(None)
         _state = None
 
 

@@ -20,9 +20,16 @@ _lock = threading.RLock()
 class _Finder(importlib.abc.MetaPathFinder):
     def __init__(self) -> None:
         self.callbacks: dict[str, list[Callable[[], None]]] = {}
+        self.before_any_import: Callable[[], None] | None = None
         self._busy: set[str] = set()
 
     def find_spec(self, fullname, path=None, target=None):
+        if self.before_any_import is not None and "*" not in self._busy:
+            self._busy.add("*")
+            try:
+                self.before_any_import()
+            finally:
+                self._busy.discard("*")
         if fullname not in self.callbacks or fullname in self._busy:
             return None
         self._busy.add(fullname)
@@ -49,8 +56,7 @@ class _Finder(importlib.abc.MetaPathFinder):
     def fire(self, name: str) -> None:
         with _lock:
             callbacks = self.callbacks.pop(name, [])
-            if not self.callbacks and self in sys.meta_path:
-                sys.meta_path.remove(self)
+            _uninstall_if_idle()
         for cb in callbacks:
             cb()
 
@@ -64,10 +70,29 @@ def when_imported(module: str, callback: Callable[[], None]) -> None:
         pending = module not in sys.modules
         if pending:
             _finder.callbacks.setdefault(module, []).append(callback)
-            if _finder not in sys.meta_path:
-                sys.meta_path.insert(0, _finder)
+            _install()
     if not pending:
         callback()
+
+
+def _install() -> None:
+    if _finder not in sys.meta_path:
+        sys.meta_path.insert(0, _finder)
+
+
+def _uninstall_if_idle() -> None:
+    if not _finder.callbacks and _finder.before_any_import is None and _finder in sys.meta_path:
+        sys.meta_path.remove(_finder)
+
+
+def before_any_import(callback: Callable[[], None] | None) -> None:
+    """Run ``callback`` at the start of every import until set back to None."""
+    with _lock:
+        _finder.before_any_import = callback
+        if callback is None:
+            _uninstall_if_idle()
+        else:
+            _install()
 
 
 def pending() -> list[str]:
@@ -78,5 +103,4 @@ def pending() -> list[str]:
 def cancel_all() -> None:
     with _lock:
         _finder.callbacks.clear()
-        if _finder in sys.meta_path:
-            sys.meta_path.remove(_finder)
+        _uninstall_if_idle()

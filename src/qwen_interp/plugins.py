@@ -36,11 +36,19 @@ def allowed_plugin_names() -> set[str] | None:
     return {name.strip() for name in raw.split(",") if name.strip()}
 
 
-def load_entry_point_plugins(pm: pluggy.PluginManager) -> list[str]:
+def is_initializing(module: ModuleType) -> bool:
+    """True while ``module`` is still executing its import (e.g. it imported qwen_interp, which
+    is now loading the plugins): its hook functions are not defined yet."""
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+def load_entry_point_plugins(pm: pluggy.PluginManager,
+                             pending: list | None = None) -> list[str]:
     """Register every allowed plugin of the entry-point group; return the names registered.
 
     A plugin that fails to import is logged and skipped: one broken plugin must not break
-    ``import qwen_interp``.
+    ``import qwen_interp``. A plugin module still being imported goes to ``pending`` as
+    ``(name, module)``, to be registered once its import has finished.
     """
     allowed = allowed_plugin_names()
     loaded = []
@@ -53,6 +61,9 @@ def load_entry_point_plugins(pm: pluggy.PluginManager) -> list[str]:
             plugin: ModuleType = ep.load()
         except Exception as exc:  # noqa: BLE001 - reported by `qwen-interp doctor`
             log.warning("qwen-interp plugin %r failed to load: %s", ep.name, exc)
+            continue
+        if is_initializing(plugin) and pending is not None:
+            pending.append((ep.name, plugin))
             continue
         pm.register(plugin, name=ep.name)
         loaded.append(ep.name)
