@@ -33,7 +33,7 @@ def _private_cache(tmp_path_factory):
         yield
 
 
-def test_release(spec, d_model: int, d_sae: int = 256, k: int = 8):
+def make_test_release(spec, d_model: int, d_sae: int = 256, k: int = 8):
     """A Qwen-Scope-format test release for the small stand-in of ``spec`` (tied: W_enc = W_dec.T,
     unit decoder columns)."""
     from qwen_interp.specs import SAERelease
@@ -44,7 +44,6 @@ def test_release(spec, d_model: int, d_sae: int = 256, k: int = 8):
                       n_layers=N_LAYERS)
 
 
-test_release.__test__ = False  # a helper, not a test
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +57,7 @@ def setup(_private_cache, qwen_offline_hub, qwen_registry):
         spec = qwen_registry.model(repo)
         qwen35_model(qwen_offline_hub, spec)
         d_model = small_config_qwen35(spec).text_config.hidden_size
-        rels[repo] = test_release(spec, d_model)
+        rels[repo] = make_test_release(spec, d_model)
         qwen_scope_snapshot(qwen_offline_hub, rels[repo], range(N_LAYERS), tied=True)
     plugin = SAEReleasePlugin(rels.values())
     qwen_interp.register_plugin(plugin)
