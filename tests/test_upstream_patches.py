@@ -15,18 +15,21 @@ DENSE = ["Qwen/Qwen3-0.6B-Base", "Qwen/Qwen3-1.7B-Base", "Qwen/Qwen3-4B-Base",
          "Qwen/Qwen3-8B-Base", "Qwen/Qwen3-14B-Base"]
 
 
-@pytest.fixture(scope="module")
-def patched_transformer_lens(tmp_path_factory):
-    """The released transformer-lens source with the rendered patch applied by `git apply`."""
-    root = upstream.copy_released_source("transformer-lens", tmp_path_factory.mktemp("tl"))
-    diff = root.parent / "tl.patch"
-    text = upstream.render("transformer-lens")
-    diff.write_text(text)
+def apply_rendered_patch(distribution: str, root):
+    """The released source of ``distribution`` with its rendered patch applied by `git apply`."""
+    upstream.copy_released_source(distribution, root)
+    diff = root.parent / f"{distribution}.patch"
+    diff.write_text(upstream.render(distribution))
     proc = subprocess.run(["git", "apply", "--verbose", str(diff)], cwd=root, capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "Applied patch transformer_lens/supported_models.py cleanly" in proc.stderr
+    assert "cleanly" in proc.stderr and "rejected" not in proc.stderr
     return root
+
+
+@pytest.fixture(scope="module")
+def patched_transformer_lens(tmp_path_factory):
+    return apply_rendered_patch("transformer-lens", tmp_path_factory.mktemp("tl") / "src")
 
 
 def test_render_lists_every_patch_with_a_diff():
@@ -75,6 +78,14 @@ print(json.dumps(qwen_interp.registry().adapters["transformerlens"].status()))
     assert "local checkpoint directories: upstream already accepts them" in status
 
 
+def test_every_project_renders_a_change_for_its_pinned_release():
+    from qwen_interp_patches import projects
+    for name, proj in projects().items():
+        text = upstream.render(name)
+        assert "(already upstream" not in text, name  # the pinned releases all need the change
+        assert text.count("+++ b/") >= 1, name
+
+
 def test_cli_renders_patches():
     import sys
     proc = subprocess.run([sys.executable, "-m", "qwen_interp.cli", "patches", "render",
@@ -82,3 +93,85 @@ def test_cli_renders_patches():
                           capture_output=True, text=True)
     assert proc.returncode == 0
     assert proc.stdout.startswith("## Add the Qwen3 Base checkpoints")
+
+
+NNSIGHT_CLT = """
+import json, sys, torch
+{prelude}
+import circuit_tracer
+assert circuit_tracer.__file__.startswith({root!r}), circuit_tracer.__file__
+from circuit_tracer import ReplacementModel
+from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
+clt = load_clt({clt!r}, feature_input_hook="hook_resid_mid", feature_output_hook="hook_mlp_out",
+               device=torch.device("cpu"), dtype=torch.float32)
+rm = ReplacementModel.from_pretrained_and_transcoders(
+    "Qwen/Qwen3-1.7B-Base", clt, backend="nnsight", device=torch.device("cpu"), dtype=torch.float32)
+_, acts = rm.get_activations(torch.tensor([151643, 17417, 25, 576, 4767, 315]))
+print(json.dumps(acts.tolist()))
+"""
+
+
+def test_patched_circuit_tracer_nnsight_resid_mid_without_plugins(tmp_path, qwen_offline_hub,
+                                                                   qwen_registry):
+    import site
+    release = qwen_registry.transcoder_release("bluelight-qwen3-1.7b")
+    clt = str(qwen_offline_hub.transcoder(release, qwen_registry.model(release.model_repo_id)))
+    root = str(apply_rendered_patch("circuit-tracer", tmp_path / "src"))
+    patched = run_python(NNSIGHT_CLT.format(prelude="", root=root, clt=clt),
+                         env={"PYTHONPATH": root, "QWEN_INTERP_PLUGINS": ""})
+    installed = site.getsitepackages()[0]
+    # What the plugin does on the unpatched release gives the same features ...
+    plugin = run_python(NNSIGHT_CLT.format(prelude="import qwen_interp", root=installed, clt=clt))
+    acts = json.loads(patched.stdout.strip().splitlines()[-1])
+    assert acts == json.loads(plugin.stdout.strip().splitlines()[-1])
+    assert any(v > 0 for layer in acts for pos in layer for v in pos)
+    # ... and the unpatched release without the plugin cannot run this transcoder.
+    bare = run_python(NNSIGHT_CLT.format(prelude="", root=installed, clt=clt),
+                      env={"QWEN_INTERP_PLUGINS": ""}, check=False)
+    assert bare.returncode != 0 and "hook_resid_mid" in bare.stderr
+
+
+MALICIOUS_SAE = """
+import os, sys
+{prelude}
+import sae_lens
+assert sae_lens.__file__.startswith({root!r}), sae_lens.__file__
+from sae_lens import SAE
+try:
+    SAE.from_pretrained("qwen-scope-3-1.7b-base-w32k-l50", "layer0", device="cpu")
+except Exception as exc:
+    print("refused:", type(exc).__name__)
+print("payload ran:", os.path.exists({marker!r}))
+"""
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_patched_sae_lens_refuses_malicious_qwen_scope_pickle_without_plugins(tmp_path):
+    import site
+
+    import torch
+
+    from qwen_interp.testing.hub import OfflineHub
+    hf_home, marker = tmp_path / "hf", tmp_path / "evil-ran"
+    OfflineHub(hf_home).snapshot("Qwen/SAE-Res-Qwen3-1.7B-Base-W32K-L0_50", lambda folder: torch.save(
+        {"W_enc": _Payload(marker), "W_dec": torch.zeros(1), "b_enc": torch.zeros(1),
+         "b_dec": torch.zeros(1)}, folder / "layer0.sae.pt"))
+    env = {"HF_HOME": str(hf_home), "QWEN_INTERP_PLUGINS": "",
+           "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # torch's escape hatch, as some users set it
+    root = str(apply_rendered_patch("sae-lens", tmp_path / "src"))
+    patched = run_python(MALICIOUS_SAE.format(prelude="", root=root, marker=str(marker)),
+                         env={**env, "PYTHONPATH": root})
+    assert "refused: UnpicklingError" in patched.stdout
+    assert "payload ran: False" in patched.stdout and not marker.exists()
+    # Control: the unpatched release runs the payload under the same conditions.
+    bare = run_python(MALICIOUS_SAE.format(prelude="", root=site.getsitepackages()[0],
+                                           marker=str(marker)), env=env)
+    assert "payload ran: True" in bare.stdout

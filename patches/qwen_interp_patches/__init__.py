@@ -43,5 +43,6 @@ def insert_after_last(text: str, marker: str, block: str, path: str) -> str:
 
 
 def projects() -> dict[str, Project]:
-    from . import transformer_lens
-    return {p.distribution: p for p in (transformer_lens.PROJECT,)}
+    from . import circuit_tracer, sae_lens, transformer_lens
+    return {p.distribution: p for p in (transformer_lens.PROJECT, circuit_tracer.PROJECT,
+                                        sae_lens.PROJECT)}

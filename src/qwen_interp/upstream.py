@@ -19,15 +19,15 @@ def project(distribution: str):
 
 
 def copy_released_source(distribution: str, dest: Path) -> Path:
-    """Copy the installed release's package sources (for a pure-Python wheel: its released
-    source) into ``dest``, laid out like the repository root; return ``dest``."""
+    """Copy the installed release's package files (for a pure-Python wheel: its released source
+    and package data) into ``dest``, laid out like the repository root; return ``dest``."""
     proj = project(distribution)
     dist = importlib.metadata.distribution(distribution)
     if dist.version != proj.pinned:
         raise RuntimeError(f"{distribution} {dist.version} is installed; patches target "
                            f"{proj.pinned}: pass a checkout with --against")
     for file in dist.files or []:
-        if file.parts[0] == proj.package and file.suffix == ".py":
+        if file.parts[0] == proj.package and file.suffix != ".pyc":
             target = dest / Path(*file.parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(file.locate(), target)

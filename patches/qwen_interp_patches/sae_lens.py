@@ -1,0 +1,43 @@
+"""SAELens: the safety half of what the ``saelens`` plugin does for Qwen-Scope, as a source change
+(the plugin's conversion cache stays a plugin feature)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import Patch, Project, UpstreamLayoutChanged
+
+LOADERS = "sae_lens/loading/pretrained_sae_loaders.py"
+UNSAFE = "state_dict_loaded = torch.load(sae_path, map_location=device)\n"
+SAFE = ("# A .sae.pt is a plain dict of tensors: never let its pickle run code.\n"
+        "    state_dict_loaded = torch.load(sae_path, map_location=device, weights_only=True)\n")
+
+
+def qwen_scope_weights_only(root: Path, registry) -> dict[str, str]:
+    text = (root / LOADERS).read_text()
+    start = text.find("def qwen_scope_sae_huggingface_loader(")
+    if start < 0:
+        return {}  # this SAELens has no Qwen-Scope loader: nothing to fix
+    end = text.find("\ndef ", start + 1)
+    body = text[start:end]
+    if "weights_only=True" in body:
+        return {}  # already upstream
+    if UNSAFE not in body:
+        raise UpstreamLayoutChanged(f"{LOADERS}: qwen_scope loader no longer reads with torch.load")
+    return {LOADERS: text[:start] + body.replace(UNSAFE, SAFE, 1) + text[end:]}
+
+
+PROJECT = Project(
+    distribution="sae-lens",
+    package="sae_lens",
+    pinned="6.54.12",
+    patches=(
+        Patch("qwen-scope-weights-only", "Qwen-Scope loader: read checkpoints with weights_only=True",
+              "`qwen_scope_sae_huggingface_loader` reads each `layer{n}.sae.pt` with a bare "
+              "`torch.load`, which runs any code in the pickle on torch < 2.6 or when "
+              "`TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1` is set. The files are plain dicts of four "
+              "tensors, so `weights_only=True` loses nothing and refuses a malicious file "
+              "(tested in qwen-interp: the payload never runs).",
+              qwen_scope_weights_only),
+    ),
+)
