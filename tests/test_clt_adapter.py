@@ -136,3 +136,34 @@ def test_changed_source_converts_again(tmp_path, monkeypatch):
     second, _ = load_transcoder_from_hub(str(src), device=torch.device("cpu"))
     assert first.clt_path != second.clt_path
     assert not torch.equal(first.b_enc, second.b_enc)
+
+
+def test_no_noise_from_replacement_model_at_interpreter_exit(qwen_offline_hub, qwen_registry):
+    """Upstream's __del__ prints an ignored TypeError when the interpreter exits with a
+    TransformerLens replacement model alive; with the plugin it exits quietly."""
+    import os
+    import subprocess
+    import sys
+    release = qwen_registry.transcoder_release("bluelight-qwen3-1.7b")
+    qwen_offline_hub.transcoder(release, qwen_registry.model(release.model_repo_id))
+    code = """
+{prelude}
+import torch
+import transformer_lens.supported_models as sm
+from circuit_tracer import ReplacementModel
+if "Qwen/Qwen3-1.7B-Base" not in sm.OFFICIAL_MODEL_NAMES:
+    sm.OFFICIAL_MODEL_NAMES.append("Qwen/Qwen3-1.7B-Base")
+rm = ReplacementModel.from_pretrained("Qwen/Qwen3-1.7B-Base", "bluelightai/clt-qwen3-1.7b-base-20k",
+                                      device=torch.device("cpu"))
+"""
+
+    def stderr(prelude, plugins):
+        env = {**os.environ, "QWEN_INTERP_PLUGINS": plugins}
+        proc = subprocess.run([sys.executable, "-c", code.format(prelude=prelude)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr
+
+    assert "Exception ignored" in stderr("", "")  # upstream as it is
+    assert "Exception ignored" not in stderr("import qwen_interp",
+                                             "qwen3,transformerlens,circuit_tracer")

@@ -9,7 +9,8 @@ What it changes (all through a PatchSet; ``deactivate()`` restores upstream exac
    format, with validation first; any other reference, or a release already in circuit-tracer's
    own cache (``save_transcoders_to_cache``), goes to upstream unchanged.
    ``ReplacementModel.from_pretrained`` refuses a registered CLT paired with another registered
-   model before loading anything.
+   model before loading anything. ``TransformerLensReplacementModel.__del__`` no longer prints an
+   ignored TypeError at interpreter exit.
 2. nnsight hook points for Qwen3: circuit-tracer maps only ``mlp.hook_in``/``mlp.hook_out``; the
    adapter adds the missing ``hook_resid_mid`` and ``hook_mlp_out`` (never overriding an
    upstream entry).
@@ -28,6 +29,7 @@ What it changes (all through a PatchSet; ``deactivate()`` restores upstream exac
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 
 from qwen_interp import import_watch
@@ -143,6 +145,19 @@ def with_model_check(from_pretrained):
     return classmethod(wrapper)
 
 
+def quiet_at_exit(original_del):
+    """``TransformerLensReplacementModel.__del__`` resets hooks; at interpreter exit torch's
+    module globals are already gone and it prints an ignored TypeError. Skip it only then."""
+
+    @functools.wraps(original_del)
+    def __del__(self):
+        if sys.is_finalizing():
+            return
+        original_del(self)
+
+    return __del__
+
+
 def with_first_position(method, architectures):
     """Wrap a replacement-model method so Qwen string inputs start with <|endoftext|>."""
 
@@ -233,6 +248,8 @@ class CircuitTracerAdapter:
                 if meth in cls.__dict__:
                     self._patches.setattr(cls, meth, with_first_position(cls.__dict__[meth], archs))
             self.report.append(f"{cls_name}: <|endoftext|> first position for Qwen string inputs")
+            if "__del__" in cls.__dict__:
+                self._patches.setattr(cls, "__del__", quiet_at_exit(cls.__dict__["__del__"]))
 
     def _patch_nnsight_mapping(self) -> None:
         import importlib
