@@ -4,12 +4,11 @@ half-written snapshot."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 
-from conftest import SEED_PROMPT, run_python
+from conftest import SEED_PROMPT
 from qwen_interp.testing import small_config
 
 

@@ -10,16 +10,13 @@ is unavailable the rename alone keeps readers safe.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 from qwen_interp import paths
+from qwen_interp.atomic import build_folder
 
 CONVERTER_VERSION = "1"
 
@@ -36,39 +33,7 @@ def source_key(folder: Path, files: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path):
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: atomic rename still protects readers
-        yield
-        return
-    with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def cached_build(name: str, key: str, build: Callable[[Path], None]) -> Path:
     """The cache folder for (name, key), calling ``build(tmp_folder)`` first if it is absent."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "--", name).strip("-")[-80:] or "clt"
-    root = cache_root()
-    final = root / f"{slug}-{key}"
-    if final.is_dir():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / f".{final.name}.lock"):
-        if final.is_dir():  # another process finished while we waited
-            return final
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.building-", dir=root))
-        try:
-            build(tmp)
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_folder(cache_root() / f"{slug}-{key}", build)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from qwen_interp.atomic import file_lock
 from qwen_interp.errors import CheckpointError
 from qwen_interp.paths import cache_root  # one root for every plugin
 
@@ -197,22 +198,6 @@ def open_cached(path: Path, expected: Expected) -> dict:
     return out
 
 
-@contextlib.contextmanager
-def _lock(path: Path):
-    """Advisory exclusive lock on ``path`` (POSIX); a no-op where fcntl is missing."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: atomic rename alone keeps readers safe
-        yield
-        return
-    with open(path, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def write_atomic(tensors: dict, target: Path, source: str) -> None:
     """Write a safetensors file next to ``target`` and rename it into place."""
     from safetensors.torch import save_file
@@ -242,7 +227,7 @@ def read_layer(source: str | os.PathLike, expected: Expected, group: str | None 
         return to_saelens_layout(raw)
     target = cache_path(source, group or source.parent.name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(target.with_name(target.name + ".lock")):
+    with file_lock(target.with_name(target.name + ".lock")):
         if target.exists():
             try:
                 return open_cached(target, expected)

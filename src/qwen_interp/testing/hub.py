@@ -14,11 +14,11 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Callable
 
+from ..atomic import build_folder
 from ..specs import ModelSpec, TranscoderRelease
 
 COMMIT = "0" * 40  # one fake revision for every repo in the offline cache
@@ -119,23 +119,12 @@ class OfflineHub:
     def snapshot(self, repo_id: str, write: Callable[[Path], None],
                  repo_type: str = "model") -> Path:
         """The snapshot of ``repo_id``; if absent, ``write(folder)`` fills a private folder that
-        is then renamed into place (atomic; a concurrent builder's result is kept if it won)."""
+        is then renamed into place (atomic; a concurrent builder waits and reuses it)."""
         final = self.snapshot_path(repo_id, repo_type)
         refs = self.repo_dir(repo_id, repo_type) / "refs" / "main"
         if refs.is_file() and final.is_dir():
             return final
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=final.parent))
-        try:
-            write(tmp)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not final.is_dir():
-                    raise
-                # Another process finished first; its snapshot is equivalent.
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        build_folder(final, write, lock=self.repo_dir(repo_id, repo_type) / ".building.lock")
         refs.parent.mkdir(parents=True, exist_ok=True)
         tmp_ref = refs.with_name(f".main-{os.getpid()}")
         tmp_ref.write_text(COMMIT)
