@@ -11,7 +11,7 @@ import torch
 import qwen_interp
 from conftest import SEED_PROMPT
 
-# The Qwen3 models behind Qwen-Scope releases (the Qwen3.5 ones are not loadable yet).
+# The Qwen3 models behind Qwen-Scope releases (the Qwen3.5 ones run in the qwen35 profile).
 RELEASE_MODELS = ["Qwen/Qwen3-1.7B-Base", "Qwen/Qwen3-8B-Base", "Qwen/Qwen3-30B-A3B-Base"]
 
 

@@ -175,3 +175,31 @@ def test_patched_sae_lens_refuses_malicious_qwen_scope_pickle_without_plugins(tm
     bare = run_python(MALICIOUS_SAE.format(prelude="", root=site.getsitepackages()[0],
                                            marker=str(marker)), env=env)
     assert "payload ran: True" in bare.stdout
+
+
+def test_circuit_tracer_plugin_stands_down_on_patched_upstream(tmp_path):
+    root = str(apply_rendered_patch("circuit-tracer", tmp_path / "src"))
+    out = run_python("""
+import json, qwen_interp
+import circuit_tracer.utils.tl_nnsight_mapping as m
+before = dict(m._REGISTRY["Qwen3ForCausalLM"].feature_hook_mapping)
+status = qwen_interp.registry().adapters["circuit_tracer"].status()
+qwen_interp.deactivate()
+print(json.dumps([status, before == dict(m._REGISTRY["Qwen3ForCausalLM"].feature_hook_mapping)]))
+""", env={"PYTHONPATH": root})
+    status, unchanged = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "nnsight Qwen3ForCausalLM: added nothing; upstream already maps ['hook_mlp_out', " \
+           "'hook_resid_mid', 'mlp.hook_in', 'mlp.hook_out'] (stood down)" in status
+    assert unchanged
+
+
+def test_saelens_plugin_says_when_upstream_reads_weights_only(tmp_path):
+    root = str(apply_rendered_patch("sae-lens", tmp_path / "src"))
+    probe = """
+import json, qwen_interp, sae_lens
+print(json.dumps(qwen_interp.registry().adapters["saelens"].status()))
+"""
+    patched = json.loads(run_python(probe, env={"PYTHONPATH": root}).stdout.strip().splitlines()[-1])
+    bare = json.loads(run_python(probe).stdout.strip().splitlines()[-1])
+    assert any("already weights_only (upstream fix)" in line for line in patched), patched
+    assert any("replaces SAELens's torch.load reader" in line for line in bare), bare

@@ -56,6 +56,15 @@ def _lookup(cls, release) -> object:
     return cls(**kwargs)
 
 
+def _reads_weights_only(loader) -> bool:
+    """Probe: does SAELens's own Qwen-Scope reader already pass weights_only=True?"""
+    import inspect
+    try:
+        return "weights_only=True" in inspect.getsource(loader)
+    except (OSError, TypeError):
+        return False
+
+
 class SAELensAdapter:
     name = "saelens"
     module = "sae_lens"
@@ -88,12 +97,17 @@ class SAELensAdapter:
         elif getters is not None:
             self._patches.setitem(getters, QWEN_SCOPE, self.loader.config)
             self.report.append("qwen_scope config: added (SAELens has none)")
-        had_loader = QWEN_SCOPE in loader_table
+        upstream_loader = loader_table.get(QWEN_SCOPE)
         # One loader for the name: ours reads the same files, safely and through the cache.
         self._patches.setitem(loader_table, QWEN_SCOPE, self.loader)
+        if upstream_loader is None:
+            how = "added (SAELens has none)"
+        elif _reads_weights_only(upstream_loader):
+            how = "SAELens's reader is already weights_only (upstream fix); replaced for the cache"
+        else:
+            how = "replaces SAELens's torch.load reader (weights_only=True)"
         self.report.append(
-            f"qwen_scope weights: {'replaces SAELens torch.load reader' if had_loader else 'added'}"
-            f"; weights_only=True; cache "
+            f"qwen_scope weights: {how}; cache "
             f"{sae_cache_dir() if cache_enabled() else 'off (QWEN_INTERP_SAE_CACHE=0)'}")
 
     def _directory_entries(self, registry, directory_mod, directory) -> None:

@@ -19,8 +19,8 @@ from .files import Expected, SAEFileError, load_pickle_safely, others_from, read
 from .releases import layer_file, layer_of
 
 QWEN_SCOPE = "qwen_scope"  # SAELens's conversion_func name for Qwen-Scope
-# Used when a release's model has no registered hook-name map (Qwen3.5 / MoE for now): the
-# names are those of every Qwen decoder stack in TL and HF.
+# Used when a release's model has no registered hook-name map (e.g. a plugin's release for an
+# unregistered model): the names are those of every Qwen decoder stack in TL and HF.
 _DEFAULT_TL, _DEFAULT_HF = "blocks.{layer}.hook_resid_post", "model.layers.{layer}"
 
 
