@@ -22,7 +22,7 @@ from pathlib import Path
 from qwen_interp import hookimpl
 from qwen_interp.patching import PatchSet
 
-from . import moe
+from . import fast_load, moe
 
 # Architectures whose HookedTransformer config branch and weight conversion exist upstream
 # (Qwen3ForCausalLM) or are added by moe.py (unless upstream has them).
@@ -96,6 +96,11 @@ class TransformerLensAdapter:
         moe.install(self._patches, loading, {s.repo_id for s in specs
                                               if s.architecture == moe.ARCHITECTURE}, self.report)
         self._configurable_n_ctx(loading)
+        # Issue 8: registered dense Qwen3 checkpoints load straight from safetensors into the
+        # target dtype/device (fast_load.py); QWEN_INTERP_FAST_LOAD=0 selects upstream's path.
+        fast_load.install(self._patches, transformer_lens.HookedTransformer,
+                          {s.repo_id for s in specs if s.architecture == fast_load.ARCHITECTURE},
+                          self.report)
 
     def _register_names(self, sm, loading, specs) -> None:
         # loading_from_pretrained imported these very objects: mutate in place, never rebind.

