@@ -212,5 +212,6 @@ def test_bounded_memory(midsize_checkpoint):
         res[side] = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["ours"]["path"] == "fast" and res["upstream"]["path"].startswith("upstream")
     ratio = {k: v["growth_kb"] / v["model_kb"] for k, v in res.items()}
+    print(ratio, res)
     assert ratio["ours"] <= 1.25, (ratio, res)
     assert ratio["upstream"] > 2.0, (ratio, res)
