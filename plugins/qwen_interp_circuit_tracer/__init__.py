@@ -8,6 +8,7 @@
   ``~/.cache/qwen-interp/clt``; ``cache.py``).
 - Validation before any allocation (``validate.py``): one :class:`TranscoderValidationError`
   naming the file and tensor.
+- Attribution with bounded GPU memory (``attribution.py``, ``active_decoders.py``).
 - Top-k CLTs in attribution (``topk.py``); the adapter (``adapter.py``) documents the nnsight
   hook points and the first-position decision for Qwen (no BOS).
 """
@@ -18,6 +19,7 @@ from qwen_interp import hookimpl
 from qwen_interp.specs import TranscoderRelease
 
 from .adapter import CircuitTracerAdapter
+from .attribution import BoundedAttributionAdapter
 from .errors import TranscoderValidationError
 
 __all__ = ["BLUELIGHT_RELEASES", "CircuitTracerAdapter", "TranscoderValidationError"]
@@ -34,6 +36,7 @@ BLUELIGHT_RELEASES = (
 )
 
 _ADAPTER = CircuitTracerAdapter()
+_ATTRIBUTION = BoundedAttributionAdapter()
 
 
 @hookimpl
@@ -53,3 +56,4 @@ def register_transcoder_formats(register):
 @hookimpl
 def register_adapters(register):
     register(_ADAPTER)
+    register(_ATTRIBUTION)

@@ -1,0 +1,166 @@
+"""Adapter: circuit-tracer attribution with bounded GPU memory (``active_decoders.py``).
+
+After ``import qwen_interp``, ``attribute()`` on a cross-layer transcoder (either backend) keeps
+each active feature's decoder rows once and scores them in bounded blocks instead of building
+circuit-tracer's per-occurrence ``decoder_vecs`` and its (batch, occurrences, d_model) gather.
+The graph is the same (tests/test_attribution_memory.py); per-layer transcoders are untouched.
+
+Settings: ``QWEN_INTERP_ATTRIBUTION_WORKSPACE_MB`` (default 256) bounds the scratch block of each
+scoring and reconstruction step; ``QWEN_INTERP_BOUNDED_ATTRIBUTION=0`` selects upstream's path.
+Stands down when circuit-tracer ships ``circuit_tracer.attribution.active_decoders`` (the patch).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+from qwen_interp import import_watch
+from qwen_interp.patching import PatchSet
+
+from .active_decoders import DEFAULT_WORKSPACE_BYTES, ActiveDecoders
+
+ENV = "QWEN_INTERP_BOUNDED_ATTRIBUTION"
+ENV_WORKSPACE_MB = "QWEN_INTERP_ATTRIBUTION_WORKSPACE_MB"
+CLT_MODULE = "circuit_tracer.transcoder.cross_layer_transcoder"
+TL_CONTEXT = "circuit_tracer.attribution.context_transformerlens"
+NNSIGHT_CONTEXT = "circuit_tracer.attribution.context_nnsight"
+UPSTREAM_MODULE = "circuit_tracer.attribution.active_decoders"
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1") != "0"
+
+
+def workspace_bytes() -> int:
+    raw = os.environ.get(ENV_WORKSPACE_MB)
+    if raw is None:
+        return DEFAULT_WORKSPACE_BYTES
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_WORKSPACE_MB}={raw!r}: expected a number of MB") from None
+    if mb <= 0:
+        raise ValueError(f"{ENV_WORKSPACE_MB}={raw!r}: must be > 0")
+    return int(mb * 2**20)
+
+
+def bounded_components(original):
+    """CrossLayerTranscoder.compute_attribution_components returning ActiveDecoders."""
+    @functools.wraps(original)
+    def compute_attribution_components(self, inputs, zero_positions=slice(0, 1)):
+        if not enabled():
+            return original(self, inputs, zero_positions)
+        import torch
+        features, encoder_vectors = self.encode_sparse(inputs, zero_positions=zero_positions)
+        decoders = ActiveDecoders.from_transcoder(self, features, workspace_bytes())
+        reconstruction = decoders.reconstruction(self.b_dec, self.W_skip, inputs)
+        empty = torch.empty(2, 0, dtype=torch.long, device=self.b_dec.device)
+        return {
+            "activation_matrix": features,
+            "reconstruction": reconstruction,
+            "encoder_vecs": encoder_vectors,
+            "decoder_vecs": decoders,
+            # No occurrence-level rows: upstream's own feature hooks find nothing to do.
+            "encoder_to_decoder_map": empty[0],
+            "decoder_locations": empty,
+        }
+    compute_attribution_components.__qwen_interp_original__ = original
+    return compute_attribution_components
+
+
+def tl_hooks(original):
+    """TL AttributionContext._make_attribution_hooks plus one scoring hook per output layer."""
+    @functools.wraps(original)
+    def _make_attribution_hooks(self, feature_output_hook):
+        hooks = original(self, feature_output_hook)
+        decoders = self.decoder_vecs
+        if not isinstance(decoders, ActiveDecoders):
+            return hooks
+        ctx = self
+
+        def score(grads, hook, *, layer):
+            decoders.score_into(ctx._batch_buffer, grads, layer)
+
+        return [(f"blocks.{layer}.{feature_output_hook}", functools.partial(score, layer=layer))
+                for layer in range(decoders.n_layers)] + hooks
+    _make_attribution_hooks.__qwen_interp_original__ = original
+    return _make_attribution_hooks
+
+
+def nnsight_feature_scores(original):
+    @functools.wraps(original)
+    def compute_feature_attributions(self, layer, grads):
+        if isinstance(self.decoder_vecs, ActiveDecoders):
+            self.decoder_vecs.score_into(self._batch_buffer, grads, layer)
+        else:
+            original(self, layer, grads)
+    compute_feature_attributions.__qwen_interp_original__ = original
+    return compute_feature_attributions
+
+
+class BoundedAttributionAdapter:
+    name = "circuit_tracer_attribution"
+    module = "circuit_tracer"
+
+    def __init__(self) -> None:
+        self._patches = PatchSet()
+        self.active = False
+        self.report: list[str] = []
+
+    def activate(self, registry) -> None:
+        if self.active:
+            return
+        self.active = True
+        self.report = []
+        for modname, patch in ((CLT_MODULE, self._patch_clt), (TL_CONTEXT, self._patch_tl),
+                               (NNSIGHT_CONTEXT, self._patch_nnsight)):
+            import_watch.when_imported(modname, self._guard(functools.partial(patch, modname)))
+
+    def _guard(self, fn):
+        def run():
+            if self.active:
+                fn()
+        return run
+
+    @staticmethod
+    def _upstream_has_it() -> bool:
+        return importlib.util.find_spec(UPSTREAM_MODULE) is not None
+
+    def _patch_clt(self, modname: str) -> None:
+        if self._upstream_has_it():
+            self.report.append("bounded attribution memory: already upstream "
+                               f"({UPSTREAM_MODULE}); stood down")
+            return
+        import importlib
+        cls = importlib.import_module(modname).CrossLayerTranscoder
+        self._patches.setattr(cls, "compute_attribution_components", bounded_components(
+            cls.__dict__["compute_attribution_components"]))
+        self.report.append("CrossLayerTranscoder.compute_attribution_components: active decoder "
+                           "rows read once, scored in bounded blocks "
+                           f"({ENV_WORKSPACE_MB}, {ENV}=0 for upstream)")
+
+    def _patch_tl(self, modname: str) -> None:
+        if self._upstream_has_it():
+            return
+        import importlib
+        cls = importlib.import_module(modname).AttributionContext
+        self._patches.setattr(cls, "_make_attribution_hooks",
+                              tl_hooks(cls.__dict__["_make_attribution_hooks"]))
+
+    def _patch_nnsight(self, modname: str) -> None:
+        if self._upstream_has_it():
+            return
+        import importlib
+        cls = importlib.import_module(modname).AttributionContext
+        self._patches.setattr(cls, "compute_feature_attributions", nnsight_feature_scores(
+            cls.__dict__["compute_feature_attributions"]))
+
+    def deactivate(self) -> None:
+        self._patches.undo()
+        self.active = False
+        self.report = []
+
+    def status(self) -> list[str]:
+        return list(self.report) if self.active else ["not active (circuit_tracer not imported)"]

@@ -1,0 +1,101 @@
+"""Bounded-memory attribution (plugins/qwen_interp_circuit_tracer/active_decoders.py) builds the
+same graph as circuit-tracer's own path (``QWEN_INTERP_BOUNDED_ATTRIBUTION=0``), on the small
+offline Qwen3-1.7B-Base and its BluelightAI-layout CLT, fp32 on CPU, both backends.
+
+Tolerance: the per-occurrence products are identical; each dot product may be summed in another
+order, so |A_ours - A_upstream| <= 1e-5 * max|A| (fp32; measured ~1e-7). Node sets, selected
+features, logit targets and probabilities must be equal exactly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import SEED_PROMPT
+
+MODEL = "Qwen/Qwen3-1.7B-Base"
+RELEASE = "bluelightai/clt-qwen3-1.7b-base-20k"
+CPU = torch.device("cpu")
+RTOL = 1e-5
+LONGER_PROMPT = SEED_PROMPT + " Barack Obama, and in 1985 it was Ronald Reagan; in 1995"
+
+
+@pytest.fixture(scope="module")
+def models(qwen_offline_hub, qwen_registry):
+    from circuit_tracer import ReplacementModel
+    qwen_offline_hub.transcoder(qwen_registry.transcoder_release(RELEASE),
+                                qwen_registry.model(MODEL))
+    return {backend: ReplacementModel.from_pretrained(MODEL, RELEASE, backend=backend,
+                                                      device=CPU, dtype=torch.float32)
+            for backend in ("transformerlens", "nnsight")}
+
+
+def graph(model, prompt, monkeypatch, bounded: bool, workspace_mb=None, **kwargs):
+    from circuit_tracer import attribute
+    monkeypatch.setenv("QWEN_INTERP_BOUNDED_ATTRIBUTION", "1" if bounded else "0")
+    if workspace_mb is None:
+        monkeypatch.delenv("QWEN_INTERP_ATTRIBUTION_WORKSPACE_MB", raising=False)
+    else:
+        monkeypatch.setenv("QWEN_INTERP_ATTRIBUTION_WORKSPACE_MB", str(workspace_mb))
+    return attribute(prompt, model, **kwargs)
+
+
+def assert_same_graph(ours, ref):
+    assert torch.equal(ours.input_tokens.cpu(), ref.input_tokens.cpu())
+    assert torch.equal(ours.active_features, ref.active_features)
+    assert torch.equal(ours.activation_values, ref.activation_values)
+    assert torch.equal(ours.selected_features, ref.selected_features)
+    assert [t.vocab_idx for t in ours.logit_targets] == [t.vocab_idx for t in ref.logit_targets]
+    assert torch.equal(ours.logit_probabilities, ref.logit_probabilities)
+    A, B = ours.adjacency_matrix, ref.adjacency_matrix
+    assert A.shape == B.shape and B.abs().max() > 0.1
+    assert torch.equal(A != 0, B != 0)  # same edges present
+    assert (A - B).abs().max() <= RTOL * B.abs().max()
+
+
+@pytest.mark.parametrize("backend", ["transformerlens", "nnsight"])
+def test_same_graph_as_upstream_all_features(models, backend, monkeypatch):
+    model = models[backend]
+    ref = graph(model, SEED_PROMPT, monkeypatch, bounded=False, batch_size=64)
+    ours = graph(model, SEED_PROMPT, monkeypatch, bounded=True, batch_size=64)
+    assert ref.active_features.shape[0] > 200
+    assert_same_graph(ours, ref)
+
+
+def test_same_graph_with_feature_budget_and_tiny_workspace(models, monkeypatch):
+    """max_feature_nodes < active features exercises the influence ranking; a 4 KB workspace
+    forces one position per scoring block and one occurrence per reconstruction block."""
+    model = models["transformerlens"]
+    kwargs = dict(batch_size=32, max_feature_nodes=150, update_interval=2)
+    ref = graph(model, LONGER_PROMPT, monkeypatch, bounded=False, **kwargs)
+    ours = graph(model, LONGER_PROMPT, monkeypatch, bounded=True, workspace_mb=0.004, **kwargs)
+    assert len(ref.selected_features) == 150 < ref.active_features.shape[0]
+    assert_same_graph(ours, ref)
+
+
+def test_active_rows_are_read_once(models, monkeypatch):
+    """The stored decoder rows: one per (source layer, active feature), not one per occurrence;
+    the reconstruction equals upstream's (same index_add_ order: bitwise on CPU)."""
+    model = models["transformerlens"]
+    clt = model.transcoders
+    tokens = model.ensure_tokenized(LONGER_PROMPT)
+    monkeypatch.setenv("QWEN_INTERP_BOUNDED_ATTRIBUTION", "0")
+    ctx_ref = model.setup_attribution(tokens)
+    monkeypatch.setenv("QWEN_INTERP_BOUNDED_ATTRIBUTION", "1")
+    ctx = model.setup_attribution(tokens)
+    decoders = ctx.decoder_vecs
+    layers, _, feats = ctx.activation_matrix.indices()
+    unique = sum(len(feats[layers == l].unique()) * (clt.n_layers - l) for l in range(clt.n_layers))
+    assert sum(s.rows.shape[0] * s.rows.shape[1] for s in decoders.sources) == unique
+    assert unique < ctx_ref.decoder_vecs.shape[0]  # features recur across positions
+    assert torch.equal(ctx.error_vectors, ctx_ref.error_vectors)
+    assert torch.equal(ctx.encoder_vecs, ctx_ref.encoder_vecs)
+
+
+def test_workspace_setting_is_checked(monkeypatch):
+    from qwen_interp_circuit_tracer.attribution import workspace_bytes
+    monkeypatch.setenv("QWEN_INTERP_ATTRIBUTION_WORKSPACE_MB", "lots")
+    with pytest.raises(ValueError, match="QWEN_INTERP_ATTRIBUTION_WORKSPACE_MB"):
+        workspace_bytes()
+    monkeypatch.setenv("QWEN_INTERP_ATTRIBUTION_WORKSPACE_MB", "64")
+    assert workspace_bytes() == 64 * 2**20
