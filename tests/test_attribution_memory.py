@@ -99,3 +99,29 @@ def test_workspace_setting_is_checked(monkeypatch):
         workspace_bytes()
     monkeypatch.setenv("QWEN_INTERP_ATTRIBUTION_WORKSPACE_MB", "64")
     assert workspace_bytes() == 64 * 2**20
+
+
+def test_partial_influences_match_upstream_in_small_column_blocks():
+    """The ranking used by max_feature_nodes: bounded version vs circuit-tracer's, on a random
+    DAG-shaped edge matrix (fp32, CPU), with a workspace that forces 1-column blocks."""
+    from circuit_tracer.graph import compute_partial_influences as upstream
+    from qwen_interp_circuit_tracer.bounded_influences import compute_partial_influences
+    g = torch.Generator().manual_seed(0)
+    n_feat, n_other, n_logits = 300, 40, 5
+    n_cols = n_feat + n_other + n_logits
+    visited = torch.randperm(n_feat, generator=g)[:120]
+    rows = torch.cat([torch.arange(n_feat + n_other, n_cols), visited]).to(torch.int32)
+    E = torch.randn(len(rows), n_cols, generator=g) * (torch.rand(len(rows), n_cols, generator=g) < 0.3)
+    E[:, n_feat + n_other:] = 0  # nothing points at a logit
+    for i, node in enumerate(rows.tolist()):  # a feature reads only from lower-numbered nodes
+        if node < n_feat:
+            E[i, node:n_feat] = 0
+    E[7] = 0  # a visited feature with no incoming edges
+    logit_p = torch.softmax(torch.randn(n_logits, generator=g), 0)
+    ref = upstream(E, logit_p, rows, device="cpu")
+    ours = compute_partial_influences(E, logit_p, rows, device="cpu", workspace_bytes=4)
+    assert ref.abs().max() > 0
+    assert (ours - ref).abs().max() <= 1e-6 * ref.abs().max()
+    assert torch.equal(ours == 0, ref == 0)
+    assert torch.equal(torch.argsort(ours[:n_feat], descending=True)[:60],
+                       torch.argsort(ref[:n_feat], descending=True)[:60])

@@ -2,8 +2,10 @@
 
 After ``import qwen_interp``, ``attribute()`` on a cross-layer transcoder (either backend) keeps
 each active feature's decoder rows once and scores them in bounded blocks instead of building
-circuit-tracer's per-occurrence ``decoder_vecs`` and its (batch, occurrences, d_model) gather.
-The graph is the same (tests/test_attribution_memory.py); per-layer transcoders are untouched.
+circuit-tracer's per-occurrence ``decoder_vecs`` and its (batch, occurrences, d_model) gather,
+and ranks features without copying the whole edge matrix to the device
+(``bounded_influences.py``). The graph is the same (tests/test_attribution_memory.py);
+per-layer transcoders keep upstream's scoring.
 
 Settings: ``QWEN_INTERP_ATTRIBUTION_WORKSPACE_MB`` (default 256) bounds the scratch block of each
 scoring and reconstruction step; ``QWEN_INTERP_BOUNDED_ATTRIBUTION=0`` selects upstream's path.
@@ -19,6 +21,7 @@ import os
 from qwen_interp import import_watch
 from qwen_interp.patching import PatchSet
 
+from . import bounded_influences
 from .active_decoders import DEFAULT_WORKSPACE_BYTES, ActiveDecoders
 
 ENV = "QWEN_INTERP_BOUNDED_ATTRIBUTION"
@@ -26,6 +29,7 @@ ENV_WORKSPACE_MB = "QWEN_INTERP_ATTRIBUTION_WORKSPACE_MB"
 CLT_MODULE = "circuit_tracer.transcoder.cross_layer_transcoder"
 TL_CONTEXT = "circuit_tracer.attribution.context_transformerlens"
 NNSIGHT_CONTEXT = "circuit_tracer.attribution.context_nnsight"
+ATTRIBUTE = "circuit_tracer.attribution.attribute"
 UPSTREAM_MODULE = "circuit_tracer.attribution.active_decoders"
 
 
@@ -100,6 +104,19 @@ def nnsight_feature_scores(original):
     return compute_feature_attributions
 
 
+def bounded_influences_fn(original):
+    """The influence ranking of attribute(): no device copy of the whole edge matrix."""
+    @functools.wraps(original)
+    def compute_partial_influences(edge_matrix, logit_p, row_to_node_index, max_iter=128,
+                                   device=None):
+        if not enabled():
+            return original(edge_matrix, logit_p, row_to_node_index, max_iter, device)
+        return bounded_influences.compute_partial_influences(
+            edge_matrix, logit_p, row_to_node_index, max_iter, device, workspace_bytes())
+    compute_partial_influences.__qwen_interp_original__ = original
+    return compute_partial_influences
+
+
 class BoundedAttributionAdapter:
     name = "circuit_tracer_attribution"
     module = "circuit_tracer"
@@ -115,7 +132,8 @@ class BoundedAttributionAdapter:
         self.active = True
         self.report = []
         for modname, patch in ((CLT_MODULE, self._patch_clt), (TL_CONTEXT, self._patch_tl),
-                               (NNSIGHT_CONTEXT, self._patch_nnsight)):
+                               (NNSIGHT_CONTEXT, self._patch_nnsight),
+                               (ATTRIBUTE, self._patch_attribute)):
             import_watch.when_imported(modname, self._guard(functools.partial(patch, modname)))
 
     def _guard(self, fn):
@@ -156,6 +174,16 @@ class BoundedAttributionAdapter:
         cls = importlib.import_module(modname).AttributionContext
         self._patches.setattr(cls, "compute_feature_attributions", nnsight_feature_scores(
             cls.__dict__["compute_feature_attributions"]))
+
+    def _patch_attribute(self, modname: str) -> None:
+        if self._upstream_has_it():
+            return
+        import importlib
+        mod = importlib.import_module(modname)
+        self._patches.setattr(mod, "compute_partial_influences",
+                              bounded_influences_fn(mod.compute_partial_influences))
+        self.report.append("attribute(): influence ranking without a device copy of the whole "
+                           "edge matrix")
 
     def deactivate(self) -> None:
         self._patches.undo()
