@@ -30,6 +30,7 @@ CLT_MODULE = "circuit_tracer.transcoder.cross_layer_transcoder"
 TL_CONTEXT = "circuit_tracer.attribution.context_transformerlens"
 NNSIGHT_CONTEXT = "circuit_tracer.attribution.context_nnsight"
 ATTRIBUTE = "circuit_tracer.attribution.attribute"
+TL_MODEL = "circuit_tracer.replacement_model.replacement_model_transformerlens"
 UPSTREAM_MODULE = "circuit_tracer.attribution.active_decoders"
 
 
@@ -104,6 +105,42 @@ def nnsight_feature_scores(original):
     return compute_feature_attributions
 
 
+def shared_pattern_z(attn):
+    """``calculate_z_scores`` for a batch whose rows are one prompt repeated (attribution's
+    forward pass): the frozen pattern of row 0 is applied to every row's V with one bmm per KV
+    head, so autograd keeps one (heads, query, key) pattern per layer instead of batch copies
+    (1 GB per layer at batch 32 x 1,000 tokens for Qwen3-1.7B)."""
+    import torch
+
+    def calculate_z_scores(v, pattern):
+        batch, key_pos, n_v, d_head = v.shape  # n_v: KV heads (GQA) or all heads
+        n_heads, query_pos = pattern.shape[1], pattern.shape[2]
+        group = n_heads // n_v  # query head h reads KV head h // group (repeat_interleave)
+        p = pattern[0].reshape(n_v, group * query_pos, key_pos).clone()  # own storage
+        v_ = v.permute(2, 1, 0, 3).reshape(n_v, key_pos, batch * d_head)
+        z = torch.bmm(p, v_).view(n_v, group, query_pos, batch, d_head)
+        return attn.hook_z(z.permute(3, 2, 0, 1, 4).reshape(batch, query_pos, n_heads, d_head))
+    return calculate_z_scores
+
+
+def tl_forward_pass(original):
+    """TL ReplacementModel.run_forward_pass with shared_pattern_z in every attention layer."""
+    @functools.wraps(original)
+    def run_forward_pass(self, input_ids, batch_size, ctx):
+        if not enabled():
+            return original(self, input_ids, batch_size, ctx)
+        attns = [block.attn for block in self.blocks]
+        for attn in attns:
+            attn.calculate_z_scores = shared_pattern_z(attn)
+        try:
+            return original(self, input_ids, batch_size, ctx)
+        finally:
+            for attn in attns:
+                del attn.calculate_z_scores
+    run_forward_pass.__qwen_interp_original__ = original
+    return run_forward_pass
+
+
 def bounded_influences_fn(original):
     """The influence ranking of attribute(): no device copy of the whole edge matrix."""
     @functools.wraps(original)
@@ -133,7 +170,8 @@ class BoundedAttributionAdapter:
         self.report = []
         for modname, patch in ((CLT_MODULE, self._patch_clt), (TL_CONTEXT, self._patch_tl),
                                (NNSIGHT_CONTEXT, self._patch_nnsight),
-                               (ATTRIBUTE, self._patch_attribute)):
+                               (ATTRIBUTE, self._patch_attribute),
+                               (TL_MODEL, self._patch_tl_model)):
             import_watch.when_imported(modname, self._guard(functools.partial(patch, modname)))
 
     def _guard(self, fn):
@@ -184,6 +222,16 @@ class BoundedAttributionAdapter:
                               bounded_influences_fn(mod.compute_partial_influences))
         self.report.append("attribute(): influence ranking without a device copy of the whole "
                            "edge matrix")
+
+    def _patch_tl_model(self, modname: str) -> None:
+        if self._upstream_has_it():
+            return
+        import importlib
+        cls = importlib.import_module(modname).TransformerLensReplacementModel
+        self._patches.setattr(cls, "run_forward_pass",
+                              tl_forward_pass(cls.__dict__["run_forward_pass"]))
+        self.report.append("TransformerLens backend: one attention pattern per layer in "
+                           "attribution's forward pass, not one per batch row")
 
     def deactivate(self) -> None:
         self._patches.undo()
