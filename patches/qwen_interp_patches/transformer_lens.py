@@ -5,24 +5,30 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import Patch, Project, UpstreamLayoutChanged, insert_after_last
+from . import transformer_lens_moe
 
 SUPPORTED = "transformer_lens/supported_models.py"
 LOADING = "transformer_lens/loading_from_pretrained.py"
 
 
-# Architectures TransformerLens's own loader converts: only their names can be added upstream
-# as a list entry (Qwen3-MoE needs a config branch and a weight conversion first).
+# Architectures TransformerLens's own loader converts: their names are added upstream as list
+# entries. Qwen3-MoE's names come with its config branch and weight conversion (add_qwen3_moe).
 UPSTREAM_ARCHITECTURES = {"Qwen3ForCausalLM"}
 
 
-def _missing_specs(root: Path, registry):
+def _missing_specs(root: Path, registry, architectures):
     text = (root / SUPPORTED).read_text()
     return [s for s in registry.models.values()
-            if s.architecture in UPSTREAM_ARCHITECTURES and f'"{s.repo_id}"' not in text]
+            if s.architecture in architectures and f'"{s.repo_id}"' not in text]
 
 
 def add_qwen3_base_names(root: Path, registry) -> dict[str, str]:
-    specs = _missing_specs(root, registry)
+    return add_names(root, registry, UPSTREAM_ARCHITECTURES)
+
+
+def add_names(root: Path, registry, architectures) -> dict[str, str]:
+    """The registered checkpoints of ``architectures`` missing from ``supported_models.py``."""
+    specs = _missing_specs(root, registry, architectures)
     if not specs:
         return {}
     text = (root / SUPPORTED).read_text()
@@ -49,6 +55,12 @@ def accept_local_checkpoint_dirs(root: Path, registry) -> dict[str, str]:
     return {LOADING: text.replace(anchor, check + anchor, 1)}
 
 
+def add_qwen3_moe(root: Path, registry) -> dict[str, str]:
+    # The names last: they would be refused without the loader support.
+    return {**transformer_lens_moe.edits(root),
+            **add_names(root, registry, {transformer_lens_moe.ARCHITECTURE})}
+
+
 PROJECT = Project(
     distribution="transformer-lens",
     package="transformer_lens",
@@ -68,5 +80,26 @@ PROJECT = Project(
               "(`HookedEncoderDecoder` already skips the name check for paths). Accept a "
               "directory holding a `config.json`.",
               accept_local_checkpoint_dirs),
+        Patch("qwen3-moe", "Qwen3-MoE (Qwen3MoeForCausalLM) in HookedTransformer",
+              "`Qwen3MoeForCausalLM` (`Qwen/Qwen3-30B-A3B-Base`) has no HookedTransformer path. "
+              "This adds: the config branch (the Qwen3 attention fields plus `num_experts`, "
+              "`experts_per_token`, `norm_topk_prob`; configs with dense MLP layers are refused "
+              "rather than computed wrongly); a `Qwen3MoE` block in `components/mlps/moe.py`, "
+              "built by `MLPFactory` for this architecture; `convert_qwen3_moe_weights`; the "
+              "checkpoint name and alias. Routing is HF's `Qwen3MoeSparseMoeBlock`: softmax over "
+              "all router logits in fp32, top-k, renormalised iff `norm_topk_prob`. A new block "
+              "rather than `MoE` because `MoE` hooks `hook_expert_weights` on the full softmax "
+              "before top-k, has no router-logit or per-expert output hook, and builds experts in "
+              "fp32 whatever `cfg.dtype` (2x memory for a bf16 30B model); `Qwen3MoE` keeps "
+              "`MoE`'s parameter names and adds `hook_router_logits`, `hook_expert_indices`, "
+              "`hook_expert_weights` (after top-k) and each expert's `hook_out`. "
+              "`load_and_process_state_dict` skipped `fold_ln` for every MoE model although "
+              "`get_pretrained_model_config` had already made the norms weightless, so "
+              "`from_pretrained` dropped the RMSNorm gains; for Qwen3-MoE the fold now runs "
+              "(`ProcessWeights.fold_layer_norm` already folds ln2 into router and experts). "
+              "Both `from_pretrained` and `from_pretrained_no_processing` match HF transformers "
+              "to 1e-4 in fp32 (tested in qwen-interp on a small checkpoint with the real flags: "
+              "norm_topk_prob, every layer sparse, untied, 8:1 GQA).",
+              add_qwen3_moe),
     ),
 )

@@ -9,6 +9,10 @@ restores upstream exactly) and each active only for ``Qwen3MoeForCausalLM`` conf
   ``components.transformer_block`` looks up at block construction;
 - weight conversion, and loading that keeps expert weights out of TL's weight processing.
 
+The config branch, the MoE block and the weight conversion are also, as source, the upstream
+patch ``qwen3-moe`` (``patches/qwen_interp_patches/transformer_lens_moe.py`` cuts them from this
+file); on a TransformerLens that has it, :func:`install` stands down.
+
 Routing is HF's, step for step (``Qwen3MoeSparseMoeBlock``): softmax over *all* router logits in
 fp32, top-k, then renormalise the k weights iff ``norm_topk_prob``. (With renormalisation this
 equals a softmax over the top-k logits; without it, it does not, so we never take that shortcut.)
@@ -45,25 +49,33 @@ ARCHITECTURE = "Qwen3MoeForCausalLM"
 
 
 # --- config ------------------------------------------------------------------------------------
-def dense_layers(hf_config) -> list[int]:
-    """Layers that HF builds with a dense MLP (``Qwen3MoeDecoderLayer.__init__``'s rule)."""
-    return [i for i in range(hf_config.num_hidden_layers)
-            if i in hf_config.mlp_only_layers or hf_config.num_experts <= 0
-            or (i + 1) % hf_config.decoder_sparse_step != 0]
-
-
 def hooked_transformer_config(hf_config, model_name: str) -> dict[str, Any]:
-    """``convert_hf_model_config``'s dict for a Qwen3-MoE ``transformers`` config."""
-    dense = dense_layers(hf_config)
+    """``convert_hf_model_config``'s dict for a Qwen3-MoE ``transformers`` config.
+
+    Everything between this docstring and ``return cfg_dict`` is also, verbatim, the
+    ``Qwen3MoeForCausalLM`` branch of ``convert_hf_model_config`` in the upstream patch
+    (``patches/qwen_interp_patches/transformer_lens_moe.py``): keep it self-contained (only
+    ``hf_config`` and ``model_name``, no plugin names)."""
+    # Layers HF builds with a dense MLP (Qwen3MoeDecoderLayer.__init__'s rule): HookedTransformer
+    # has one MLP kind and one d_mlp for all blocks, so such configs are refused.
+    dense = [
+        i
+        for i in range(hf_config.num_hidden_layers)
+        if i in hf_config.mlp_only_layers
+        or hf_config.num_experts <= 0
+        or (i + 1) % hf_config.decoder_sparse_step != 0
+    ]
     if dense:
         raise NotImplementedError(
             f"{model_name}: layers {dense} use a dense MLP (mlp_only_layers="
             f"{list(hf_config.mlp_only_layers)}, decoder_sparse_step="
             f"{hf_config.decoder_sparse_step}, num_experts={hf_config.num_experts}). "
-            "HookedTransformer builds every block with the same MLP, so qwen-interp supports only "
-            "Qwen3-MoE configs whose every layer is sparse (as in all published checkpoints).")
-    head_dim = getattr(hf_config, "head_dim", None) or (hf_config.hidden_size
-                                                        // hf_config.num_attention_heads)
+            "HookedTransformer builds every block with the same MLP, so only Qwen3-MoE configs "
+            "whose every layer is sparse are supported (as in all published checkpoints)."
+        )
+    head_dim = getattr(hf_config, "head_dim", None) or (
+        hf_config.hidden_size // hf_config.num_attention_heads
+    )
     rope_theta = getattr(hf_config, "rope_theta", None)
     if rope_theta is None:  # newer transformers keep it in rope_parameters
         rope_theta = (getattr(hf_config, "rope_parameters", None) or {}).get("rope_theta")
@@ -72,16 +84,18 @@ def hooked_transformer_config(hf_config, model_name: str) -> dict[str, Any]:
         raise NotImplementedError(f"{model_name}: rope_scaling {rope_scaling} is not supported")
     if getattr(hf_config, "use_sliding_window", False):
         raise NotImplementedError(f"{model_name}: sliding-window attention is not supported")
-    return {
-        # The attention half is the Qwen3ForCausalLM branch of TL 3.2.1, field for field.
+    cfg_dict = {
+        # The attention half is the Qwen3ForCausalLM branch, field for field.
         "d_model": hf_config.hidden_size,
         "d_head": head_dim,
         "n_heads": hf_config.num_attention_heads,
-        "n_key_value_heads": (hf_config.num_key_value_heads
-                              if hf_config.num_key_value_heads != hf_config.num_attention_heads
-                              else None),
+        "n_key_value_heads": (
+            hf_config.num_key_value_heads
+            if hf_config.num_key_value_heads != hf_config.num_attention_heads
+            else None
+        ),
         "n_layers": hf_config.num_hidden_layers,
-        "n_ctx": 2048,  # as the Qwen3 branch; the adapter's n_ctx wrapper sets the real default
+        "n_ctx": 2048,  # as the Qwen3ForCausalLM branch
         "eps": hf_config.rms_norm_eps,
         "d_vocab": hf_config.vocab_size,
         "act_fn": hf_config.hidden_act,
@@ -98,12 +112,13 @@ def hooked_transformer_config(hf_config, model_name: str) -> dict[str, Any]:
         "default_prepend_bos": False,
         "use_qk_norm": True,
         "tie_word_embeddings": hf_config.tie_word_embeddings,
-        # MoE: TL's d_mlp is the width of one expert.
+        # MoE: d_mlp is the width of one expert.
         "d_mlp": hf_config.moe_intermediate_size,
         "num_experts": hf_config.num_experts,
         "experts_per_token": hf_config.num_experts_per_tok,
         "norm_topk_prob": bool(hf_config.norm_topk_prob),
     }
+    return cfg_dict
 
 
 def qwen3_moe_name(name: str, loading, repo_ids: set[str]) -> str | None:
@@ -136,6 +151,8 @@ def upstream_supports_qwen3_moe(convert_hf_model_config) -> bool:
 
 
 # --- the MoE block -----------------------------------------------------------------------------
+# moe_classes()'s body, less its return, is also the upstream patch's addition to TL's
+# components/mlps/moe.py (imports merged into that file's), so it must stay valid at module level.
 @functools.cache
 def moe_classes():
     import torch
@@ -148,7 +165,7 @@ def moe_classes():
     )
     from transformer_lens.hook_points import HookPoint
 
-    def linear(cfg, d_in, d_out):
+    def _linear(cfg, d_in, d_out):
         # cfg.dtype (TL's MoE makes fp32 experts whatever the dtype); no random init: the
         # weights are loaded (TL's init_weights still reaches them by their "W_" names).
         return skip_init(nn.Linear, d_in, d_out, bias=False, dtype=cfg.dtype)
@@ -164,9 +181,9 @@ def moe_classes():
         def __init__(self, cfg):
             super().__init__()
             self.cfg = cfg
-            self.W_gate = linear(cfg, cfg.d_model, cfg.d_mlp)
-            self.W_in = linear(cfg, cfg.d_model, cfg.d_mlp)
-            self.W_out = linear(cfg, cfg.d_mlp, cfg.d_model)
+            self.W_gate = _linear(cfg, cfg.d_model, cfg.d_mlp)
+            self.W_in = _linear(cfg, cfg.d_model, cfg.d_mlp)
+            self.W_out = _linear(cfg, cfg.d_mlp, cfg.d_model)
             self.act_fn = ActivationFunctionFactory.pick_activation_function(cfg)
             self.hook_gate = HookPoint()
             self.hook_pre = HookPoint()
@@ -193,7 +210,7 @@ def moe_classes():
             self.num_experts = cfg.num_experts
             self.experts_per_token = cfg.experts_per_token
             self.norm_topk_prob = cfg.norm_topk_prob
-            self.W_gate = linear(cfg, cfg.d_model, cfg.num_experts)
+            self.W_gate = _linear(cfg, cfg.d_model, cfg.num_experts)
             self.experts = nn.ModuleList([Qwen3MoEExpert(cfg) for _ in range(cfg.num_experts)])
             self.hook_router_logits = HookPoint()
             self.hook_expert_indices = HookPoint()
@@ -238,6 +255,7 @@ def mlp_factory_class(upstream_factory):
 
 
 # --- weights -----------------------------------------------------------------------------------
+# Also upstream's convert_qwen3_moe_weights, verbatim but for the imports (hoisted there).
 def convert_qwen3_moe_weights(hf_model, cfg) -> dict[str, torch.Tensor]:
     """HF ``Qwen3MoeForCausalLM`` -> HookedTransformer state dict.
 
@@ -249,7 +267,10 @@ def convert_qwen3_moe_weights(hf_model, cfg) -> dict[str, torch.Tensor]:
 
     n_kv = cfg.n_key_value_heads or cfg.n_heads
     kv = "_" if cfg.n_key_value_heads is not None else ""  # GQA stores K/V as _W_K/_W_V
-    zeros = functools.partial(torch.zeros, dtype=cfg.dtype)
+
+    def zeros(*shape):
+        return torch.zeros(*shape, dtype=cfg.dtype)
+
     sd = {"embed.W_E": hf_model.model.embed_tokens.weight}
     for l, layer in enumerate(hf_model.model.layers):
         attn, moe, b = layer.self_attn, layer.mlp, f"blocks.{l}."
