@@ -1,0 +1,167 @@
+"""Benchmark (not a test): attribute() memory and time, qwen-interp vs plain circuit-tracer.
+
+Setup of issue 8: Qwen3-1.7B-Base shapes with random weights, a BluelightAI-size CLT (28 x
+20,480 bf16, hub layout, built by clt_load_attribute.py with thresholds for ~80 active features
+per layer and token), TransformerLens backend, ``attribute(batch_size=256,
+max_feature_nodes=8192)``. Each side runs in its own process, one after the other:
+
+  upstream: circuit-tracer 0.5.0 as installed (only the Base name added to TL's list),
+            QWEN_INTERP not imported
+  ours:     import qwen_interp (bounded attribution is the default path)
+
+1. seed prompt (16 tokens): time, peak GPU memory, and the graph of each side saved; the driver
+   checks node sets equal and |A_ours - A_upstream| <= 1e-2 * max|A| (bf16 rows; reported).
+2. LONG_TOKENS-token prompt (default 1,000), ``batch_size=LONG_BATCH`` (default 64): upstream is
+   expected to run out of GPU memory (logged), ours to finish.
+
+JSON lines go to $OUT/attribution_bench.jsonl. Run on the GPU machine (benchmarks/README.md):
+  PYTHONPATH=/tmp/site python benchmarks/attribution_memory.py              # both parts
+  PYTHONPATH=/tmp/site python benchmarks/attribution_memory.py seed|long
+Smoke test of the script itself on CPU (small offline model, fp32, no timing value):
+  python benchmarks/attribution_memory.py --small
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SMALL = "--small" in sys.argv
+if not SMALL:
+    os.environ.setdefault("TARGET_L0", "80")
+    import clt_load_attribute as clt_bench  # sets HF_HOME / offline before any HF import
+from _common import jsonl_logger, use_checkout_plugins
+
+WORK = Path(os.environ.get("CLT_BENCH_DIR", "/tmp/cltbench"))
+MODEL = "Qwen/Qwen3-1.7B-Base"
+RELEASE = "bluelightai/clt-qwen3-1.7b-base-20k"
+SEED = "Fact: The president of the United States in 2010 was"
+LONG_TOKENS = int(os.environ.get("LONG_TOKENS", "1000"))
+LONG_BATCH = int(os.environ.get("LONG_BATCH", "64"))
+GRAPH_RTOL = 1e-2
+
+log = jsonl_logger("attribution_bench.jsonl")
+
+
+def long_prompt(tokenizer, n_tokens: int) -> list[int]:
+    """A deterministic ``n_tokens``-token prompt (position 0 is <|endoftext|>)."""
+    text = ("In 2010 the president of the United States was Barack Obama, who had won the 2008 "
+            "election against John McCain; before him George W. Bush served two terms. ")
+    ids = tokenizer(text * (n_tokens // 20 + 1)).input_ids
+    return [151643] + ids[: n_tokens - 1]
+
+
+def load(side: str, device, dtype):
+    if side == "ours":
+        use_checkout_plugins("qwen_interp_qwen3", "qwen_interp_transformerlens",
+                             "qwen_interp_circuit_tracer")
+    else:
+        import transformer_lens.supported_models as sm
+        if MODEL not in sm.OFFICIAL_MODEL_NAMES:
+            sm.OFFICIAL_MODEL_NAMES.append(MODEL)
+    from circuit_tracer import ReplacementModel
+    return ReplacementModel.from_pretrained(MODEL, RELEASE, device=device, dtype=dtype)
+
+
+def measure(side: str, part: str, device: str) -> None:
+    import torch
+    from circuit_tracer import attribute
+    cuda = device == "cuda"
+    rm = load(side, torch.device(device), torch.float32 if SMALL else torch.bfloat16)
+    if part == "seed":
+        prompt, batch = SEED, 256
+    else:
+        prompt, batch = torch.tensor(long_prompt(rm.tokenizer, LONG_TOKENS)), LONG_BATCH
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    t0 = time.time()
+    try:
+        g = attribute(prompt, rm, batch_size=batch, max_feature_nodes=8192)
+    except torch.OutOfMemoryError as e:
+        log(side=side, part=part, oom=True, after_s=round(time.time() - t0, 1),
+            error=str(e).splitlines()[0][:200])
+        return
+    if cuda:
+        torch.cuda.synchronize()
+    record = dict(side=side, part=part, attribute_s=round(time.time() - t0, 2),
+                  n_tokens=int(g.input_tokens.shape[0]), batch_size=batch,
+                  active_features=int(g.active_features.shape[0]),
+                  nodes=int(g.adjacency_matrix.shape[0]),
+                  host_peak_rss_gb=round(
+                      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2))
+    if cuda:
+        record.update(peak_gpu_gb=round(torch.cuda.max_memory_allocated() / 1e9, 2),
+                      peak_gpu_above_model_gb=round(
+                          (torch.cuda.max_memory_allocated() - base) / 1e9, 2),
+                      model_and_clt_gb=round(base / 1e9, 2))
+    log(**record)
+    if part == "seed":
+        torch.save({k: getattr(g, k) for k in ("active_features", "selected_features",
+                                                "adjacency_matrix", "logit_probabilities")}
+                   | {"logit_tokens": [t.vocab_idx for t in g.logit_targets]},
+                   WORK / f"graph_{side}.pt")
+
+
+def compare_seed_graphs() -> None:
+    import torch
+    up, ours = (torch.load(WORK / f"graph_{s}.pt") for s in ("upstream", "ours"))
+    same_nodes = all(torch.equal(up[k], ours[k]) for k in ("active_features", "selected_features"))
+    A, B = ours["adjacency_matrix"], up["adjacency_matrix"]
+    diff = float((A - B).abs().max() / B.abs().max()) if A.shape == B.shape else float("inf")
+    log(part="seed", compare=True, same_node_sets=same_nodes,
+        same_logits=up["logit_tokens"] == ours["logit_tokens"],
+        max_abs_diff_over_max_abs=diff, within_rtol=diff <= GRAPH_RTOL,
+        same_edges_present=bool(A.shape == B.shape and torch.equal(A != 0, B != 0)))
+
+
+def run_side(side: str, part: str, device: str) -> None:
+    args = [sys.executable, __file__, "measure", side, part, device] + (["--small"] if SMALL else [])
+    proc = subprocess.run(args)
+    if proc.returncode != 0:
+        log(side=side, part=part, failed=True, returncode=proc.returncode)
+
+
+def build_small() -> str:
+    """The small offline Qwen3-1.7B-Base + CLT of the test suite, on CPU."""
+    import tempfile
+    home = Path(tempfile.mkdtemp())
+    os.environ.update(HF_HOME=str(home), HF_HUB_OFFLINE="1")
+    reg = use_checkout_plugins("qwen_interp_qwen3", "qwen_interp_transformerlens",
+                               "qwen_interp_circuit_tracer")
+    from qwen_interp.testing.hub import OfflineHub
+    hub = OfflineHub(home)
+    hub.model(reg.model(MODEL))
+    hub.transcoder(reg.transcoder_release(RELEASE), reg.model(MODEL))
+    return str(home)
+
+
+def main() -> None:
+    args = [a for a in sys.argv[1:] if a != "--small"]
+    if args[:1] == ["measure"]:
+        if SMALL:
+            os.environ["HF_HUB_OFFLINE"] = "1"
+        measure(*args[1:4])
+        return
+    WORK.mkdir(parents=True, exist_ok=True)
+    if SMALL:
+        os.environ["HF_HOME"] = build_small()
+        device = "cpu"
+    else:
+        clt_bench.build()
+        device = "cuda"
+    parts = args or ["seed", "long"]
+    for part in parts:
+        for side in ("upstream", "ours"):
+            run_side(side, part, device)
+        if part == "seed":
+            compare_seed_graphs()
+
+
+if __name__ == "__main__":
+    main()
