@@ -1,8 +1,5 @@
 """Memory-bounded attribution scores for cross-layer transcoders.
 
-Self-contained (torch only): the qwen-interp plugin installs it at run time, and the
-circuit-tracer patch ``bounded-attribution-memory`` ships this file unchanged.
-
 circuit-tracer 0.5 keeps one scaled decoder row per (active feature occurrence, output layer)
 (``decoder_vecs``: 4 KB x 406 rows per token of context at Qwen3-1.7B size, 133 GB for 1,000
 tokens), and each backward hook gathers ``grads[:, positions]`` into a (batch, occurrences,
@@ -18,7 +15,9 @@ the transcoder's dtype); only the summation order of each dot product may differ
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -136,3 +135,33 @@ class ActiveDecoders:
                                    g[:, p0:p1].permute(1, 2, 0))  # (positions, width, batch)
                 buffer.index_add_(0, src.node_ids[lo:hi],
                                   scores.view(-1, batch)[slots].to(buffer.dtype))
+
+
+def attribution_components(transcoder, inputs: torch.Tensor, zero_positions=slice(0, 1),
+                           workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> dict:
+    """``CrossLayerTranscoder.compute_attribution_components`` with ``ActiveDecoders`` as
+    ``decoder_vecs``; ``decoder_locations`` and ``encoder_to_decoder_map`` are empty (there are
+    no occurrence-level rows), so the generic per-row feature hooks find nothing to do."""
+    features, encoder_vectors = transcoder.encode_sparse(inputs, zero_positions=zero_positions)
+    decoders = ActiveDecoders.from_transcoder(transcoder, features, workspace_bytes)
+    empty = torch.empty(2, 0, dtype=torch.long, device=transcoder.b_dec.device)
+    return {
+        "activation_matrix": features,
+        "reconstruction": decoders.reconstruction(transcoder.b_dec, transcoder.W_skip, inputs),
+        "encoder_vecs": encoder_vectors,
+        "decoder_vecs": decoders,
+        "encoder_to_decoder_map": empty[0],
+        "decoder_locations": empty,
+    }
+
+
+def scoring_hooks(ctx, feature_output_hook: str) -> list:
+    """TransformerLens backward hooks scoring ``ctx.decoder_vecs`` (ActiveDecoders) into
+    ``ctx._batch_buffer``, one per output layer."""
+    decoders, proxy = ctx.decoder_vecs, weakref.proxy(ctx)
+
+    def score(grads: torch.Tensor, hook, *, layer: int) -> None:
+        decoders.score_into(proxy._batch_buffer, grads, layer)
+
+    return [(f"blocks.{layer}.{feature_output_hook}", partial(score, layer=layer))
+            for layer in range(decoders.n_layers)]

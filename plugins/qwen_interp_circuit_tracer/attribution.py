@@ -4,7 +4,9 @@ After ``import qwen_interp``, ``attribute()`` on a cross-layer transcoder (eithe
 each active feature's decoder rows once and scores them in bounded blocks instead of building
 circuit-tracer's per-occurrence ``decoder_vecs`` and its (batch, occurrences, d_model) gather,
 and ranks features without copying the whole edge matrix to the device
-(``bounded_influences.py``). The graph is the same (tests/test_attribution_memory.py);
+(``bounded_influences.py``), and keeps one attention pattern per layer in the forward pass
+(``shared_patterns.py``). Those three modules are torch-only and are shipped unchanged by the
+circuit-tracer patch ``bounded-attribution-memory``. The graph is the same (tests/test_attribution_memory.py);
 per-layer transcoders keep upstream's scoring.
 
 Settings: ``QWEN_INTERP_ATTRIBUTION_WORKSPACE_MB`` (default 256) bounds the scratch block of each
@@ -22,7 +24,9 @@ from qwen_interp import import_watch
 from qwen_interp.patching import PatchSet
 
 from . import bounded_influences
-from .active_decoders import DEFAULT_WORKSPACE_BYTES, ActiveDecoders
+from .active_decoders import (DEFAULT_WORKSPACE_BYTES, ActiveDecoders, attribution_components,
+                              scoring_hooks)
+from .shared_patterns import shared_attention_patterns
 
 ENV = "QWEN_INTERP_BOUNDED_ATTRIBUTION"
 ENV_WORKSPACE_MB = "QWEN_INTERP_ATTRIBUTION_WORKSPACE_MB"
@@ -57,20 +61,7 @@ def bounded_components(original):
     def compute_attribution_components(self, inputs, zero_positions=slice(0, 1)):
         if not enabled():
             return original(self, inputs, zero_positions)
-        import torch
-        features, encoder_vectors = self.encode_sparse(inputs, zero_positions=zero_positions)
-        decoders = ActiveDecoders.from_transcoder(self, features, workspace_bytes())
-        reconstruction = decoders.reconstruction(self.b_dec, self.W_skip, inputs)
-        empty = torch.empty(2, 0, dtype=torch.long, device=self.b_dec.device)
-        return {
-            "activation_matrix": features,
-            "reconstruction": reconstruction,
-            "encoder_vecs": encoder_vectors,
-            "decoder_vecs": decoders,
-            # No occurrence-level rows: upstream's own feature hooks find nothing to do.
-            "encoder_to_decoder_map": empty[0],
-            "decoder_locations": empty,
-        }
+        return attribution_components(self, inputs, zero_positions, workspace_bytes())
     compute_attribution_components.__qwen_interp_original__ = original
     return compute_attribution_components
 
@@ -80,16 +71,9 @@ def tl_hooks(original):
     @functools.wraps(original)
     def _make_attribution_hooks(self, feature_output_hook):
         hooks = original(self, feature_output_hook)
-        decoders = self.decoder_vecs
-        if not isinstance(decoders, ActiveDecoders):
-            return hooks
-        ctx = self
-
-        def score(grads, hook, *, layer):
-            decoders.score_into(ctx._batch_buffer, grads, layer)
-
-        return [(f"blocks.{layer}.{feature_output_hook}", functools.partial(score, layer=layer))
-                for layer in range(decoders.n_layers)] + hooks
+        if isinstance(self.decoder_vecs, ActiveDecoders):
+            hooks = scoring_hooks(self, feature_output_hook) + hooks
+        return hooks
     _make_attribution_hooks.__qwen_interp_original__ = original
     return _make_attribution_hooks
 
@@ -105,38 +89,14 @@ def nnsight_feature_scores(original):
     return compute_feature_attributions
 
 
-def shared_pattern_z(attn):
-    """``calculate_z_scores`` for a batch whose rows are one prompt repeated (attribution's
-    forward pass): the frozen pattern of row 0 is applied to every row's V with one bmm per KV
-    head, so autograd keeps one (heads, query, key) pattern per layer instead of batch copies
-    (1 GB per layer at batch 32 x 1,000 tokens for Qwen3-1.7B)."""
-    import torch
-
-    def calculate_z_scores(v, pattern):
-        batch, key_pos, n_v, d_head = v.shape  # n_v: KV heads (GQA) or all heads
-        n_heads, query_pos = pattern.shape[1], pattern.shape[2]
-        group = n_heads // n_v  # query head h reads KV head h // group (repeat_interleave)
-        p = pattern[0].reshape(n_v, group * query_pos, key_pos).clone()  # own storage
-        v_ = v.permute(2, 1, 0, 3).reshape(n_v, key_pos, batch * d_head)
-        z = torch.bmm(p, v_).view(n_v, group, query_pos, batch, d_head)
-        return attn.hook_z(z.permute(3, 2, 0, 1, 4).reshape(batch, query_pos, n_heads, d_head))
-    return calculate_z_scores
-
-
 def tl_forward_pass(original):
     """TL ReplacementModel.run_forward_pass with shared_pattern_z in every attention layer."""
     @functools.wraps(original)
     def run_forward_pass(self, input_ids, batch_size, ctx):
         if not enabled():
             return original(self, input_ids, batch_size, ctx)
-        attns = [block.attn for block in self.blocks]
-        for attn in attns:
-            attn.calculate_z_scores = shared_pattern_z(attn)
-        try:
+        with shared_attention_patterns(self.blocks):
             return original(self, input_ids, batch_size, ctx)
-        finally:
-            for attn in attns:
-                del attn.calculate_z_scores
     run_forward_pass.__qwen_interp_original__ = original
     return run_forward_pass
 

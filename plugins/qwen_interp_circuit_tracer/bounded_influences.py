@@ -1,8 +1,5 @@
 """``compute_partial_influences`` without a device copy of the whole edge matrix.
 
-Self-contained (torch only): the qwen-interp plugin installs it at run time, and the
-circuit-tracer patch ``bounded-attribution-memory`` ships this file unchanged.
-
 circuit-tracer 0.5 copies ``edge_matrix[:rows]`` (rows x every node, fp32) to the GPU at each
 ranking update: 1.6 GB for the seed prompt, ~74 GB for a 1,000-token prompt with ~80 active
 features per layer and token. Influence only propagates through nodes that have rows (logits

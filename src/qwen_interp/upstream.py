@@ -37,14 +37,17 @@ def copy_released_source(distribution: str, dest: Path) -> Path:
 def apply(distribution: str, root: Path) -> list[tuple[object, dict[str, tuple[str, str]]]]:
     """Apply every patch, in order, in place to the tree at ``root``.
 
-    Returns each patch with ``{path: (old text, new text)}`` of the files it changed."""
+    Returns each patch with ``{path: (old text, new text)}`` of the files it changed; old text
+    is None for a file the patch creates."""
     import qwen_interp
     reg = qwen_interp.registry()
     applied = []
     for patch in project(distribution).patches:
         edits = patch.apply(root, reg)
-        before = {rel: (root / rel).read_text() for rel in edits}
+        before = {rel: (root / rel).read_text() if (root / rel).exists() else None
+                  for rel in edits}
         for rel, text in edits.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / rel).write_text(text)
         applied.append((patch, {rel: (before[rel], edits[rel]) for rel in edits}))
     return applied
@@ -65,8 +68,8 @@ def render(distribution: str, against: Path | None = None) -> str:
             parts.append(f"## {patch.title}\n\n{patch.description}\n")
             for rel, (old, new) in sorted(files.items()):
                 parts.append("".join(difflib.unified_diff(
-                    old.splitlines(keepends=True), new.splitlines(keepends=True),
-                    f"a/{rel}", f"b/{rel}")))
+                    (old or "").splitlines(keepends=True), new.splitlines(keepends=True),
+                    "/dev/null" if old is None else f"a/{rel}", f"b/{rel}")))
             if not files:
                 parts.append("(already upstream: nothing to change)\n")
         return "\n".join(parts)
