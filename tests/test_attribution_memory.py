@@ -125,3 +125,29 @@ def test_partial_influences_match_upstream_in_small_column_blocks():
     assert torch.equal(ours == 0, ref == 0)
     assert torch.equal(torch.argsort(ours[:n_feat], descending=True)[:60],
                        torch.argsort(ref[:n_feat], descending=True)[:60])
+
+
+def test_deactivate_restores_upstream_and_activation_is_idempotent():
+    from conftest import run_python
+    out = run_python("""
+import json, qwen_interp
+import circuit_tracer.attribution.attribute as attribute
+import circuit_tracer.attribution.context_nnsight as nn
+import circuit_tracer.attribution.context_transformerlens as tl
+import circuit_tracer.replacement_model.replacement_model_transformerlens as tlm
+import circuit_tracer.transcoder.cross_layer_transcoder as clt
+targets = [(clt.CrossLayerTranscoder, "compute_attribution_components"),
+           (tl.AttributionContext, "_make_attribution_hooks"),
+           (nn.AttributionContext, "compute_feature_attributions"),
+           (attribute, "compute_partial_influences"),
+           (tlm.TransformerLensReplacementModel, "run_forward_pass")]
+get = lambda o, n: o.__dict__[n] if isinstance(o, type) else getattr(o, n)
+wrapped = [get(o, n) for o, n in targets]
+originals = [w.__qwen_interp_original__ for w in wrapped]
+qwen_interp.activate(); qwen_interp.activate()
+again = all(get(o, n) is w for (o, n), w in zip(targets, wrapped))
+qwen_interp.deactivate()
+restored = all(get(o, n) is orig for (o, n), orig in zip(targets, originals))
+print(json.dumps([again, restored]))
+""")
+    assert out.stdout.strip().splitlines()[-1] == "[true, true]"
