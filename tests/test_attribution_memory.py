@@ -88,6 +88,10 @@ def test_active_rows_are_read_once(models, monkeypatch):
     unique = sum(len(feats[layers == l].unique()) * (clt.n_layers - l) for l in range(clt.n_layers))
     assert sum(s.rows.shape[0] * s.rows.shape[1] for s in decoders.sources) == unique
     assert unique < ctx_ref.decoder_vecs.shape[0]  # features recur across positions
+    locations, vecs, node_ids = decoders.occurrence_rows()  # upstream's layout, same values
+    assert torch.equal(locations, ctx_ref.decoder_locations)
+    assert torch.equal(vecs, ctx_ref.decoder_vecs)
+    assert torch.equal(node_ids, ctx_ref.encoder_to_decoder_map)
     assert torch.equal(ctx.error_vectors, ctx_ref.error_vectors)
     n = ctx_ref.encoder_vecs.shape[0]
     assert ctx.encoder_vecs.shape == ctx_ref.encoder_vecs.shape

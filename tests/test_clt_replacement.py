@@ -136,8 +136,11 @@ def test_error_nodes_reproduce_logits(backend, tl_model, nn_model, hf, ids, clt_
     ctx = model.setup_attribution(ids)
     enc, _ = clt_tensors(clt_dir, n)
     n_pos, d = len(ids), hf.config.hidden_size
-    flat = ctx.decoder_locations[0] * n_pos + ctx.decoder_locations[1]
-    from_features = torch.zeros(n * n_pos, d).index_add_(0, flat, ctx.decoder_vecs.float())
+    locations, vecs = ctx.decoder_locations, ctx.decoder_vecs
+    if not isinstance(vecs, torch.Tensor):  # qwen-interp's bounded attribution: ActiveDecoders
+        locations, vecs, _ = vecs.occurrence_rows()
+    flat = locations[0] * n_pos + locations[1]
+    from_features = torch.zeros(n * n_pos, d).index_add_(0, flat, vecs.float())
     b_dec = torch.stack([enc[l][f"b_dec_{l}"].float() for l in range(n)])
     recon = from_features.reshape(n, n_pos, d) + b_dec[:, None]
     original, _ = hf_run(hf, ids)

@@ -84,6 +84,19 @@ class ActiveDecoders:
             start += count
         return cls(sources, n_layers, n_pos, transcoder.d_model, workspace_bytes)
 
+    def occurrence_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """circuit-tracer's per-occurrence layout, materialized (for inspection, not for
+        attribution): ``(decoder_locations, decoder_vecs, encoder_to_decoder_map)``."""
+        locations, vecs, node_ids = [], [], []
+        for src in self.sources:
+            n_out = self.n_layers - src.layer
+            out_layers = torch.arange(src.layer, self.n_layers, device=src.positions.device)
+            vecs.append((src.rows[src.inverse] * src.values[:, None, None]).reshape(-1, self.d_model))
+            locations.append(torch.stack((out_layers.repeat(len(src.values)),
+                                          src.positions.repeat_interleave(n_out))))
+            node_ids.append(src.node_ids.repeat_interleave(n_out))
+        return torch.cat(locations, 1), torch.cat(vecs), torch.cat(node_ids)
+
     def nbytes(self) -> int:
         return sum(s.rows.nelement() * s.rows.element_size() for s in self.sources)
 
