@@ -127,6 +127,13 @@ def test_partial_influences_match_upstream_in_small_column_blocks():
     ref = upstream(E, logit_p, rows, device="cpu")
     ours = compute_partial_influences(E, logit_p, rows, device="cpu", workspace_bytes=4)
     assert ref.abs().max() > 0
+    # attribute() ranks a growing matrix: row sums cached from a shorter prefix give the same
+    cache = {}
+    compute_partial_influences(E[:80], logit_p, rows[:80], device="cpu", row_sum_cache=cache)
+    assert len(cache["sums"]) == 80
+    cached = compute_partial_influences(E, logit_p, rows, device="cpu", row_sum_cache=cache)
+    fresh = compute_partial_influences(E, logit_p, rows, device="cpu")
+    assert len(cache["sums"]) == len(rows) and torch.equal(cached, fresh)
     assert (ours - ref).abs().max() <= 1e-6 * ref.abs().max()
     assert torch.equal(ours == 0, ref == 0)
     assert torch.equal(torch.argsort(ours[:n_feat], descending=True)[:60],
@@ -145,7 +152,7 @@ import circuit_tracer.transcoder.cross_layer_transcoder as clt
 targets = [(clt.CrossLayerTranscoder, "compute_attribution_components"),
            (tl.AttributionContext, "_make_attribution_hooks"),
            (nn.AttributionContext, "compute_feature_attributions"),
-           (attribute, "compute_partial_influences"),
+           (attribute, "compute_partial_influences"), (attribute, "_run_attribution"),
            (tlm.TransformerLensReplacementModel, "run_forward_pass")]
 get = lambda o, n: o.__dict__[n] if isinstance(o, type) else getattr(o, n)
 wrapped = [get(o, n) for o, n in targets]

@@ -16,6 +16,7 @@ Stands down when circuit-tracer ships ``circuit_tracer.attribution.active_decode
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import importlib.util
 import os
@@ -101,6 +102,11 @@ def tl_forward_pass(original):
     return run_forward_pass
 
 
+# Row sums of the edge matrix of the attribute() call in progress (its rows are final once
+# ranked, so each is summed once per call, not once per ranking update).
+_ROW_SUMS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("row_sums", default=None)
+
+
 def bounded_influences_fn(original):
     """The influence ranking of attribute(): no device copy of the whole edge matrix."""
     @functools.wraps(original)
@@ -109,9 +115,23 @@ def bounded_influences_fn(original):
         if not enabled():
             return original(edge_matrix, logit_p, row_to_node_index, max_iter, device)
         return bounded_influences.compute_partial_influences(
-            edge_matrix, logit_p, row_to_node_index, max_iter, device, workspace_bytes())
+            edge_matrix, logit_p, row_to_node_index, max_iter, device, workspace_bytes(),
+            row_sum_cache=_ROW_SUMS.get())
     compute_partial_influences.__qwen_interp_original__ = original
     return compute_partial_influences
+
+
+def row_sums_per_call(original):
+    """attribute()'s ``_run_attribution`` with a fresh row-sum cache for its one edge matrix."""
+    @functools.wraps(original)
+    def _run_attribution(*args, **kwargs):
+        token = _ROW_SUMS.set({})
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _ROW_SUMS.reset(token)
+    _run_attribution.__qwen_interp_original__ = original
+    return _run_attribution
 
 
 class BoundedAttributionAdapter:
@@ -180,6 +200,7 @@ class BoundedAttributionAdapter:
         mod = importlib.import_module(modname)
         self._patches.setattr(mod, "compute_partial_influences",
                               bounded_influences_fn(mod.compute_partial_influences))
+        self._patches.setattr(mod, "_run_attribution", row_sums_per_call(mod._run_attribution))
         self.report.append("attribute(): influence ranking without a device copy of the whole "
                            "edge matrix")
 
