@@ -1,11 +1,14 @@
-"""circuit-tracer: what the ``circuit_tracer`` plugin does for its nnsight backend, as a source
-change. The entries come from the same hook-name map the plugin uses at run time."""
+"""circuit-tracer: what the ``circuit_tracer`` plugin does, as source changes. The nnsight entries
+come from the same hook-name map the plugin uses at run time; the CLT patches (top-k, native
+formats, first position) are in ``circuit_tracer_clt.py``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from . import Patch, Project, UpstreamLayoutChanged
+from .circuit_tracer_clt import (add_bluelight_native, add_first_position,
+                                 add_topk_activation)
 
 MAPPING = "circuit_tracer/utils/tl_nnsight_mapping.py"
 
@@ -43,5 +46,40 @@ PROJECT = Project(
               "`post_attention_layernorm`, `hook_mlp_out` the output of `mlp` (the values agree "
               "with TransformerLens to 1e-4, tested in qwen-interp).",
               add_nnsight_feature_hooks),
+        Patch("topk-activation", "Top-k cross-layer transcoders",
+              "Adds `TopKCrossLayerTranscoder` (`circuit_tracer/transcoder/"
+              "topk_cross_layer_transcoder.py`): `topk` keeps the k largest of relu(pre) per layer "
+              "and position, `topk_all` the k largest across all layers of a position. Given the "
+              "active set a top-k feature is linear in its pre-activation like a JumpReLU one, so "
+              "attribution is exact; `topk_all` raises a clear error in per-layer methods "
+              "(`get_activations`, `feature_intervention`), which cannot see the other layers. "
+              "A hub CLT whose `config.yaml` says `activation: topk` (or `topk_all`) and `k` loads "
+              "through `load_transcoder_from_hub`. The module is qwen-interp's plugin module, "
+              "verbatim.",
+              add_topk_activation),
+        Patch("bluelight-native-clt", "Load BluelightAI's native CLT checkpoints",
+              "BluelightAI trains its Qwen3 CLTs with its own code, whose checkpoints are "
+              "`model_config.json` (v1 or v2) plus `clt.safetensors` (`single_file`) or "
+              "`manifest.json` plus one file per layer (`layer_weights`), with `input_layer` or "
+              "`output_layer` decoders, per-layer norm factors, ReLU/JumpReLU/top-k and optional "
+              "`layer_indices`. `load_transcoder_from_hub` (so `ReplacementModel.from_pretrained`) "
+              "now loads such a repository: when it has `model_config.json` and no `config.yaml`, "
+              "the checkpoint is validated from its safetensors headers (shapes, dtypes, fit to "
+              "the base model, finite thresholds), converted once into circuit-tracer's layout "
+              "under `get_cache_dir()/.bluelight-native` (norm factors folded into the weights, "
+              "atomic rename) and loaded with the lazy decoder. The new package "
+              "`circuit_tracer/transcoder/bluelight/` is qwen-interp's plugin modules verbatim "
+              "plus a small loader. Needs the top-k patch.",
+              add_bluelight_native),
+        Patch("first-position-for-strings", "Same first position for string inputs in every API",
+              "`attribute()` tokenizes a string with `ensure_tokenized`, which prepends a special "
+              "token when the model has no BOS (Qwen: `<|endoftext|>`); `get_activations`, "
+              "`feature_intervention` and `feature_intervention_generate` tokenized strings "
+              "without it, so for such models their position 0 was the first real token (whose "
+              "features are zeroed) and positions did not match the graph's. They now tokenize "
+              "strings with `ensure_tokenized` too, on both backends. Token inputs are "
+              "unchanged; `feature_intervention_generate` still returns a string for a string; "
+              "nnsight's intervention no longer re-tokenizes token inputs to count positions.",
+              add_first_position),
     ),
 )

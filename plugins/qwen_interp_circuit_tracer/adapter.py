@@ -24,6 +24,11 @@ What it changes (all through a PatchSet; ``deactivate()`` restores upstream exac
    adapter prefixes ``<|endoftext|>`` to *string* inputs of those methods (unless the string
    already starts with a special token), so positions in every API equal positions in
    ``graph.input_tokens``. Token-id inputs are passed through unchanged (caller's choice).
+
+Parts circuit-tracer already has (qwen-interp's upstream patches, detected by ``upstream_parts``)
+are not applied again, and ``status()`` says "already upstream": native formats and top-k CLTs
+are then converted and loaded by circuit-tracer's own modules (the registry, aliases and local
+folders stay here), and a method that already tokenizes strings is left unwrapped.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from pathlib import Path
 
 from qwen_interp import import_watch
 from qwen_interp.patching import PatchSet
+
+from . import upstream_parts
 
 HF_UTILS = "circuit_tracer.utils.hf_utils"
 FACTORY = "circuit_tracer.replacement_model.replacement_model"
@@ -222,6 +229,7 @@ class CircuitTracerAdapter:
         self._patches.setattr(hf_utils, "load_transcoder_from_hub", self._wrapper)
         self.report.append("load_transcoder_from_hub: registered CLT releases, aliases, local "
                            "folders, BluelightAI native formats, validation")
+        self.report.extend(upstream_parts.status_lines())
 
     def _patch_importer(self, modname: str) -> None:
         import importlib
@@ -243,13 +251,22 @@ class CircuitTracerAdapter:
         cls_name = BACKENDS.get(modname)
         if cls_name:
             cls = getattr(mod, cls_name)
-            archs = {spec.architecture for spec in self._registry.models.values()}
-            for meth in STRING_INPUT_METHODS:
-                if meth in cls.__dict__:
-                    self._patches.setattr(cls, meth, with_first_position(cls.__dict__[meth], archs))
-            self.report.append(f"{cls_name}: <|endoftext|> first position for Qwen string inputs")
+            self._patch_first_position(cls, cls_name)
             if "__del__" in cls.__dict__:
                 self._patches.setattr(cls, "__del__", quiet_at_exit(cls.__dict__["__del__"]))
+
+    def _patch_first_position(self, cls, cls_name: str) -> None:
+        archs = {spec.architecture for spec in self._registry.models.values()}
+        methods = [m for m in STRING_INPUT_METHODS if m in cls.__dict__]
+        done = [m for m in methods if upstream_parts.tokenizes_strings(cls.__dict__[m])]
+        for meth in methods:
+            if meth not in done:  # upstream already tokenizes strings here: leave it
+                self._patches.setattr(cls, meth, with_first_position(cls.__dict__[meth], archs))
+        if done:
+            self.report.append(f"{cls_name}: first position for string inputs already upstream "
+                               f"in {done} (stood down)")
+        if len(done) < len(methods):
+            self.report.append(f"{cls_name}: <|endoftext|> first position for Qwen string inputs")
 
     def _patch_nnsight_mapping(self) -> None:
         import importlib

@@ -16,7 +16,7 @@ import yaml
 
 from qwen_interp.specs import TranscoderFormat, TranscoderRelease
 
-from . import cache, native
+from . import cache, native, upstream_parts
 from .errors import TranscoderValidationError
 from .validate import model_facts, validate_hub_layout
 
@@ -55,10 +55,22 @@ def load_hub_layout(folder, release: TranscoderRelease | None = None, registry=N
                                         "take them from")
     model = model_name or cfg.get("model_name") or (release and release.model_repo_id)
     validate_hub_layout(folder, model_facts(model, registry))
-    from .topk import load_ct_layout
-    return load_ct_layout(folder, activation=cfg.get("activation"), k=cfg.get("k"),
+    activation = cfg.get("activation")
+    if activation not in (None, "relu", "jump_relu", "jumprelu", "topk", "topk_all"):
+        raise TranscoderValidationError(folder / "config.yaml", "activation",
+                                        f"unknown activation {activation!r}")
+    return ct_layout_loader()(folder, activation=cfg.get("activation"), k=cfg.get("k"),
                           feature_input_hook=in_hook, feature_output_hook=out_hook,
                           scan=scan if scan is not None else str(folder), **load_kwargs)
+
+
+def ct_layout_loader():
+    """circuit-tracer's own top-k-aware loader where it has one, else this plugin's copy."""
+    upstream = upstream_parts.upstream_module(upstream_parts.TOPK_MODULE)
+    if upstream is not None:  # the topk patch is upstream: stand down
+        return upstream.load_ct_layout
+    from .topk import load_ct_layout
+    return load_ct_layout
 
 
 def convert_native_folder(folder, release: TranscoderRelease | None = None, registry=None,
@@ -76,21 +88,18 @@ def convert_native_folder(folder, release: TranscoderRelease | None = None, regi
     key = cache.source_key(cfg.folder, files)
 
     def build(tmp: Path) -> None:
-        native.convert_native(cfg, tmp, n_model_layers)
-        activation = {"jumprelu": "jump_relu"}.get(cfg.activation, cfg.activation)
-        (tmp / "config.yaml").write_text(yaml.safe_dump({
-            "model_kind": "cross_layer_transcoder",
-            "feature_input_hook": cfg.feature_input_hook,
-            "feature_output_hook": cfg.feature_output_hook,
-            "model_name": model, "activation": activation, "k": cfg.k,
-            "converted_from": str(cfg.folder), "source_layout": cfg.layout,
-        }, sort_keys=False))
+        native.write_ct_layout(cfg, tmp, n_model_layers, model)
 
     name = release.repo_id if release else (model or "") + "-" + cfg.folder.name
     return cache.cached_build(name, key, build)
 
 
 def load_native(folder, release=None, registry=None, model_name=None, scan=None, **load_kwargs):
+    upstream = upstream_parts.upstream_module(upstream_parts.NATIVE_MODULE)
+    if upstream is not None:  # circuit-tracer converts and loads native checkpoints itself
+        return upstream.load_native_clt(folder, model_name=model_name or (
+            release and release.model_repo_id), scan=scan if scan is not None else str(folder),
+            **load_kwargs)
     converted = convert_native_folder(folder, release, registry, model_name)
     return load_hub_layout(converted, release, registry, model_name,
                            scan=scan if scan is not None else str(folder), **load_kwargs)

@@ -296,3 +296,18 @@ def convert_native(cfg: NativeConfig, out: Path, n_model_layers: int) -> None:
                 W_dec[:, cover[j] - m] = (dec_row(i, j) * nf_out[j]).to(dtype)
         save_file({f"W_dec_{m}": W_dec}, str(out / f"W_dec_{m}.safetensors"))
         del W_dec
+
+
+def write_ct_layout(cfg: NativeConfig, out: Path, n_model_layers: int, model_name) -> None:
+    """Convert ``cfg`` into ``out`` and add the ``config.yaml`` circuit-tracer loads it with
+    (hooks, activation and k, where it came from)."""
+    import yaml
+    convert_native(cfg, out, n_model_layers)
+    activation = {"jumprelu": "jump_relu"}.get(cfg.activation, cfg.activation)
+    (out / "config.yaml").write_text(yaml.safe_dump({
+        "model_kind": "cross_layer_transcoder",
+        "feature_input_hook": cfg.feature_input_hook,
+        "feature_output_hook": cfg.feature_output_hook,
+        "model_name": model_name, "activation": activation, "k": cfg.k,
+        "converted_from": str(cfg.folder), "source_layout": cfg.layout,
+    }, sort_keys=False))

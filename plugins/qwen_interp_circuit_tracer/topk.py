@@ -14,6 +14,10 @@ right set:
   ``encode_sparse`` (used by ``attribute``) see all layers and are exact. A per-layer call
   (``encode_layer``: ``get_activations``, ``feature_intervention``) cannot know the later layers
   and raises instead of returning a wrong answer.
+
+Self-contained (torch and circuit-tracer only): qwen-interp's upstream patch "topk-activation"
+copies this module into circuit-tracer as
+``circuit_tracer/transcoder/topk_cross_layer_transcoder.py``.
 """
 
 from __future__ import annotations
@@ -22,8 +26,6 @@ import torch
 from circuit_tracer.transcoder.cross_layer_transcoder import (CrossLayerTranscoder,
                                                                _load_state_dict)
 from circuit_tracer.utils import get_default_device
-
-from .errors import TranscoderValidationError
 
 
 class TopKReLU(torch.nn.Module):
@@ -115,8 +117,7 @@ def load_ct_layout(folder, activation: str | None = None, k: int | None = None,
                         feature_output_hook=feature_output_hook, scan=scan, device=device,
                         dtype=dtype, lazy_decoder=lazy_decoder, lazy_encoder=lazy_encoder)
     if activation not in ("topk", "topk_all") or not k or int(k) <= 0:
-        raise TranscoderValidationError(folder, "activation",
-                                        f"unknown activation {activation!r} (k={k})")
+        raise ValueError(f"{folder}: unknown activation {activation!r} (k={k})")
     if device is None:
         device = get_default_device()
     state = _load_state_dict(str(folder), lazy_decoder, lazy_encoder, device, dtype)
