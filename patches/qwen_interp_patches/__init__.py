@@ -43,10 +43,6 @@ def insert_after_last(text: str, marker: str, block: str, path: str) -> str:
 
 
 def projects() -> dict[str, Project]:
-    from dataclasses import replace
-
-    from . import circuit_tracer, circuit_tracer_attribution, sae_lens, transformer_lens
-    # The attribution patch comes last: it rewrites methods the others leave alone.
-    ct = replace(circuit_tracer.PROJECT,
-                 patches=circuit_tracer.PROJECT.patches + (circuit_tracer_attribution.PATCH,))
-    return {p.distribution: p for p in (transformer_lens.PROJECT, ct, sae_lens.PROJECT)}
+    from . import circuit_tracer, sae_lens, transformer_lens
+    return {p.distribution: p for p in (transformer_lens.PROJECT, circuit_tracer.PROJECT,
+                                        sae_lens.PROJECT)}

@@ -1,12 +1,14 @@
 """circuit-tracer: what the ``circuit_tracer`` plugin does, as source changes. The nnsight entries
 come from the same hook-name map the plugin uses at run time; the CLT patches (top-k, native
-formats, first position) are in ``circuit_tracer_clt.py``."""
+formats, first position) are in ``circuit_tracer_clt.py``, bounded attribution memory in
+``circuit_tracer_attribution.py``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from . import Patch, Project, UpstreamLayoutChanged
+from .circuit_tracer_attribution import PATCH as BOUNDED_ATTRIBUTION
 from .circuit_tracer_clt import (add_bluelight_native, add_first_position,
                                  add_topk_activation)
 
@@ -81,5 +83,7 @@ PROJECT = Project(
               "unchanged; `feature_intervention_generate` still returns a string for a string; "
               "nnsight's intervention no longer re-tokenizes token inputs to count positions.",
               add_first_position),
+        # Last: it rewrites methods the others leave alone.
+        BOUNDED_ATTRIBUTION,
     ),
 )
