@@ -73,6 +73,16 @@ def test_same_graph_with_feature_budget_and_tiny_workspace(models, monkeypatch):
     assert_same_graph(ours, ref)
 
 
+@pytest.mark.parametrize("offload", ["cpu", "disk"])
+def test_same_graph_when_attribute_offloads_the_transcoder(models, offload, monkeypatch):
+    """offload= moves the transcoder off the device after setup: encoder rows must not be
+    looked up in it then (disk offload leaves it on the meta device)."""
+    model = models["transformerlens"]
+    ref = graph(model, SEED_PROMPT, monkeypatch, bounded=False, batch_size=64, offload=offload)
+    ours = graph(model, SEED_PROMPT, monkeypatch, bounded=True, batch_size=64, offload=offload)
+    assert_same_graph(ours, ref)
+
+
 def test_active_rows_are_read_once(models, monkeypatch):
     """The stored decoder rows: one per (source layer, active feature), not one per occurrence;
     the reconstruction equals upstream's (same index_add_ order: bitwise on CPU)."""
@@ -93,9 +103,12 @@ def test_active_rows_are_read_once(models, monkeypatch):
     assert torch.equal(vecs, ctx_ref.decoder_vecs)
     assert torch.equal(node_ids, ctx_ref.encoder_to_decoder_map)
     assert torch.equal(ctx.error_vectors, ctx_ref.error_vectors)
-    n = ctx_ref.encoder_vecs.shape[0]
-    assert ctx.encoder_vecs.shape == ctx_ref.encoder_vecs.shape
-    assert torch.equal(ctx.encoder_vecs[torch.arange(n)], ctx_ref.encoder_vecs)  # looked up
+    from qwen_interp_circuit_tracer.active_decoders import ActiveEncoders, attribution_components
+    mlp_in = torch.randn(clt.n_layers, len(tokens), clt.d_model)
+    looked_up = attribution_components(clt, mlp_in, lookup_encoders=True)["encoder_vecs"]
+    copied = attribution_components(clt, mlp_in)["encoder_vecs"]
+    assert isinstance(looked_up, ActiveEncoders) and looked_up.shape == copied.shape
+    assert torch.equal(looked_up[torch.arange(len(copied))], copied)
 
 
 def test_workspace_setting_is_checked(monkeypatch):

@@ -172,12 +172,15 @@ class ActiveEncoders:
 
 
 def attribution_components(transcoder, inputs: torch.Tensor, zero_positions=slice(0, 1),
-                           workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> dict:
+                           workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+                           lookup_encoders: bool = False) -> dict:
     """``CrossLayerTranscoder.compute_attribution_components`` with ``ActiveDecoders`` as
     ``decoder_vecs`` (and ``ActiveEncoders`` as ``encoder_vecs``); ``decoder_locations`` and ``encoder_to_decoder_map`` are empty (there are
-    no occurrence-level rows), so the generic per-row feature hooks find nothing to do."""
+    no occurrence-level rows), so the generic per-row feature hooks find nothing to do.
+    ``lookup_encoders`` (only when the transcoder will not be offloaded during attribution):
+    ``ActiveEncoders`` instead of a copy of each occurrence's encoder row."""
     features, encoder_vectors = transcoder.encode_sparse(inputs, zero_positions=zero_positions)
-    if not transcoder.lazy_encoder:  # the encoder is resident: look rows up, drop the copy
+    if lookup_encoders and not transcoder.lazy_encoder:  # resident encoder: drop the copy
         layers, _, feats = features.indices()
         encoder_vectors = ActiveEncoders(transcoder.W_enc, layers, feats)
     decoders = ActiveDecoders.from_transcoder(transcoder, features, workspace_bytes)

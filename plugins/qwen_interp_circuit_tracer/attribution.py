@@ -62,7 +62,9 @@ def bounded_components(original):
     def compute_attribution_components(self, inputs, zero_positions=slice(0, 1)):
         if not enabled():
             return original(self, inputs, zero_positions)
-        return attribution_components(self, inputs, zero_positions, workspace_bytes())
+        # Encoder rows can be looked up in the transcoder unless attribute() offloads it.
+        lookup = _CALL.get().get("offload", "unknown") is None
+        return attribution_components(self, inputs, zero_positions, workspace_bytes(), lookup)
     compute_attribution_components.__qwen_interp_original__ = original
     return compute_attribution_components
 
@@ -102,9 +104,9 @@ def tl_forward_pass(original):
     return run_forward_pass
 
 
-# Row sums of the edge matrix of the attribute() call in progress (its rows are final once
-# ranked, so each is summed once per call, not once per ranking update).
-_ROW_SUMS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("row_sums", default=None)
+# State of the attribute() call in progress: its ``offload`` argument, and the row sums of its
+# edge matrix (rows are final once ranked, so each is summed once per call, not per update).
+_CALL: contextvars.ContextVar[dict] = contextvars.ContextVar("attribute_call", default={})
 
 
 def bounded_influences_fn(original):
@@ -116,20 +118,21 @@ def bounded_influences_fn(original):
             return original(edge_matrix, logit_p, row_to_node_index, max_iter, device)
         return bounded_influences.compute_partial_influences(
             edge_matrix, logit_p, row_to_node_index, max_iter, device, workspace_bytes(),
-            row_sum_cache=_ROW_SUMS.get())
+            row_sum_cache=_CALL.get().get("row_sums"))
     compute_partial_influences.__qwen_interp_original__ = original
     return compute_partial_influences
 
 
-def row_sums_per_call(original):
-    """attribute()'s ``_run_attribution`` with a fresh row-sum cache for its one edge matrix."""
+def per_call_state(original):
+    """attribute()'s ``_run_attribution`` with its offload setting and a fresh row-sum cache
+    visible to the patched steps (attribute() passes every argument by keyword)."""
     @functools.wraps(original)
     def _run_attribution(*args, **kwargs):
-        token = _ROW_SUMS.set({})
+        token = _CALL.set({"offload": kwargs.get("offload", "unknown"), "row_sums": {}})
         try:
             return original(*args, **kwargs)
         finally:
-            _ROW_SUMS.reset(token)
+            _CALL.reset(token)
     _run_attribution.__qwen_interp_original__ = original
     return _run_attribution
 
@@ -200,7 +203,7 @@ class BoundedAttributionAdapter:
         mod = importlib.import_module(modname)
         self._patches.setattr(mod, "compute_partial_influences",
                               bounded_influences_fn(mod.compute_partial_influences))
-        self._patches.setattr(mod, "_run_attribution", row_sums_per_call(mod._run_attribution))
+        self._patches.setattr(mod, "_run_attribution", per_call_state(mod._run_attribution))
         self.report.append("attribute(): influence ranking without a device copy of the whole "
                            "edge matrix")
 
