@@ -9,6 +9,8 @@ What it bridges in TransformerLens 3.x (each part stands down when upstream alre
 - ``n_ctx``: the Qwen3 config branch hard-codes 2048; ``QWEN_INTERP_N_CTX`` sets the default, up
   to the checkpoint's ``max_position_embeddings`` (TL allocates an n_ctx x n_ctx mask per layer,
   so the default stays 2048 unless asked). ``from_pretrained(..., n_ctx=N)`` works as upstream.
+- speed (issue 8): fast loading from safetensors (``fast_load.py``) and a faster Qwen3 forward
+  with the same hooks (``fast_forward.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from qwen_interp import hookimpl
 from qwen_interp.patching import PatchSet
 
-from . import fast_load, moe
+from . import fast_forward, fast_load, moe
 
 # Architectures whose HookedTransformer config branch and weight conversion exist upstream
 # (Qwen3ForCausalLM) or are added by moe.py (unless upstream has them).
@@ -101,6 +103,9 @@ class TransformerLensAdapter:
         fast_load.install(self._patches, transformer_lens.HookedTransformer,
                           {s.repo_id for s in specs if s.architecture == fast_load.ARCHITECTURE},
                           self.report)
+        # Issue 8: Qwen3 forwards skip TL's redundant work (fast_forward.py) while no hook needs
+        # it; QWEN_INTERP_FAST_FORWARD=0 selects upstream's forward.
+        fast_forward.install(self._patches, self.report)
 
     def _register_names(self, sm, loading, specs) -> None:
         # loading_from_pretrained imported these very objects: mutate in place, never rebind.
