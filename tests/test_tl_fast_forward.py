@@ -7,7 +7,10 @@ model serves both) and HF transformers. Tolerances, CPU fp32:
   (block, MLP and unembed changes are bit-identical on the CPU); its blocked online softmax sums in
   another order. Measured 1.0e-5 on 3 x 40 random tokens, where upstream's own distance to HF is
   1.4e-5 in log-probs (the fast path's: 1.1e-5);
-- log-probs vs HF: 1e-4; every cached activation and hooked value vs upstream: 1e-5.
+- log-probs vs HF: 1e-4; hooked values on the fast path vs upstream: 1e-5;
+- ``run_with_cache`` (all points) and circuit-tracer's ReplacementModel (activations, logits,
+  attribution graph): bit-identical, since their hooks on ``hook_pattern``/``ln*.hook_scale`` send
+  attention and blocks to upstream's code and the rest is bit-identical on the CPU.
 
 bf16 (``from_pretrained_no_processing``): the fused attention keeps its softmax in fp32, upstream
 rounds scores and pattern to bf16, so the two differ by bf16 noise (measured 0.16 in log-probs on
