@@ -19,18 +19,25 @@ JSON lines go to $OUT/attribution_bench.jsonl. Run on the GPU machine (benchmark
   PYTHONPATH=/tmp/site python benchmarks/attribution_memory.py seed|long
 Smoke test of the script itself on CPU (small offline model, fp32, no timing value):
   python benchmarks/attribution_memory.py --small
+Host-memory version on CPU (28 layers, d_model 256, a 28 x 2,048 CLT at ~40 active features per
+layer and token, fp32, seed prompt, batch 256, max_feature_nodes 1,024; peak RSS during
+attribute(), measured through /proc/self/clear_refs):
+  python benchmarks/attribution_memory.py --cpu-mid
 """
 
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 SMALL = "--small" in sys.argv
+MID = "--cpu-mid" in sys.argv
+if MID:
+    os.environ.setdefault("CLT_BENCH_DIR", "/tmp/cltbench-mid")
+    os.environ.setdefault("TARGET_L0", "40")
 if not SMALL:
     os.environ.setdefault("TARGET_L0", "80")
     import clt_load_attribute as clt_bench  # sets HF_HOME / offline before any HF import
@@ -42,6 +49,11 @@ RELEASE = "bluelightai/clt-qwen3-1.7b-base-20k"
 SEED = "Fact: The president of the United States in 2010 was"
 LONG_TOKENS = int(os.environ.get("LONG_TOKENS", "1000"))
 LONG_BATCH = int(os.environ.get("LONG_BATCH", "64"))
+MAX_FEATURE_NODES = int(os.environ.get("MAX_FEATURE_NODES", "1024" if MID else "8192"))
+MID_MODEL = dict(vocab_size=151936, hidden_size=256, intermediate_size=768, num_hidden_layers=28,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                 max_position_embeddings=32768, tie_word_embeddings=True, rope_theta=1e6,
+                 rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151643)
 GRAPH_RTOL = 1e-2
 
 log = jsonl_logger("attribution_bench.jsonl")
@@ -71,7 +83,7 @@ def measure(side: str, part: str, device: str) -> None:
     import torch
     from circuit_tracer import attribute
     cuda = device == "cuda"
-    rm = load(side, torch.device(device), torch.float32 if SMALL else torch.bfloat16)
+    rm = load(side, torch.device(device), torch.bfloat16 if cuda else torch.float32)
     if part == "seed":
         prompt, batch = SEED, 256
     else:
@@ -80,9 +92,11 @@ def measure(side: str, part: str, device: str) -> None:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
+    rss_before_gb = _status_bytes("VmRSS") / 1e9
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) to the current
     t0 = time.time()
     try:
-        g = attribute(prompt, rm, batch_size=batch, max_feature_nodes=8192)
+        g = attribute(prompt, rm, batch_size=batch, max_feature_nodes=MAX_FEATURE_NODES)
     except torch.OutOfMemoryError as e:
         log(side=side, part=part, oom=True, after_s=round(time.time() - t0, 1),
             error=str(e).splitlines()[0][:200])
@@ -93,8 +107,8 @@ def measure(side: str, part: str, device: str) -> None:
                   n_tokens=int(g.input_tokens.shape[0]), batch_size=batch,
                   active_features=int(g.active_features.shape[0]),
                   nodes=int(g.adjacency_matrix.shape[0]),
-                  host_peak_rss_gb=round(
-                      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2))
+                  host_rss_before_gb=round(rss_before_gb, 2),
+                  host_peak_rss_during_gb=round(_status_bytes("VmHWM") / 1e9, 2))
     if cuda:
         record.update(peak_gpu_gb=round(torch.cuda.max_memory_allocated() / 1e9, 2),
                       peak_gpu_above_model_gb=round(
@@ -106,6 +120,13 @@ def measure(side: str, part: str, device: str) -> None:
                                                 "adjacency_matrix", "logit_probabilities")}
                    | {"logit_tokens": [t.vocab_idx for t in g.logit_targets]},
                    WORK / f"graph_{side}.pt")
+
+
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024  # /proc reports kB
+    raise KeyError(field)
 
 
 def compare_seed_graphs() -> None:
@@ -121,7 +142,8 @@ def compare_seed_graphs() -> None:
 
 
 def run_side(side: str, part: str, device: str) -> None:
-    args = [sys.executable, __file__, "measure", side, part, device] + (["--small"] if SMALL else [])
+    flags = [f for f in ("--small", "--cpu-mid") if f in sys.argv]
+    args = [sys.executable, __file__, "measure", side, part, device] + flags
     proc = subprocess.run(args)
     if proc.returncode != 0:
         log(side=side, part=part, failed=True, returncode=proc.returncode)
@@ -142,7 +164,7 @@ def build_small() -> str:
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a != "--small"]
+    args = [a for a in sys.argv[1:] if a not in ("--small", "--cpu-mid")]
     if args[:1] == ["measure"]:
         if SMALL:
             os.environ["HF_HUB_OFFLINE"] = "1"
@@ -152,10 +174,13 @@ def main() -> None:
     if SMALL:
         os.environ["HF_HOME"] = build_small()
         device = "cpu"
+    elif MID:
+        clt_bench.build("cpu", MID_MODEL, "float32", n_latent=2048)
+        device = "cpu"
     else:
         clt_bench.build()
         device = "cuda"
-    parts = args or ["seed", "long"]
+    parts = args or (["seed"] if MID else ["seed", "long"])
     for part in parts:
         for side in ("upstream", "ours"):
             run_side(side, part, device)

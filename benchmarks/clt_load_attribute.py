@@ -51,21 +51,25 @@ def snapshot(repo: str) -> Path:
     return snapshot_dir(HF_HOME, repo)
 
 
-def build() -> None:
+def build(device: str = "cuda", model_kwargs: dict | None = None, dtype_name: str = "bfloat16",
+          n_latent: int = F) -> None:
+    """Random model and calibrated CLT in the offline cache, once. Defaults: real 1.7B shapes on
+    the GPU; attribution_memory.py --cpu-mid passes smaller ones."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
-    dev = torch.device("cuda")
+    dev, dtype = torch.device(device), getattr(torch, dtype_name)
+    cfg = Qwen3Config(**(model_kwargs or QWEN3_1_7B_BASE))
+    L, D, F = cfg.num_hidden_layers, cfg.hidden_size, n_latent  # noqa: N806
     s = snapshot_dir(HF_HOME, MODEL, tokenizer=True)
     t0 = time.time()
     if not (s / "config.json").exists():
-        cfg = Qwen3Config(**QWEN3_1_7B_BASE)
         torch.manual_seed(0)
         with torch.device(dev):
-            model = Qwen3ForCausalLM(cfg).to(torch.bfloat16)
+            model = Qwen3ForCausalLM(cfg).to(dtype)
         model.save_pretrained(s)
     else:
-        model = Qwen3ForCausalLM.from_pretrained(s, dtype=torch.bfloat16).to(dev)
+        model = Qwen3ForCausalLM.from_pretrained(s, dtype=dtype).to(dev)
     clt = snapshot(RELEASE)
     if (clt / "config.yaml").exists():
         return
@@ -85,12 +89,12 @@ def build() -> None:
         pre = x @ W.T
         thr = torch.quantile(pre.flatten(), 1 - TARGET_L0 / F).clamp_min(1e-3)
         thr_vec = thr * (1 + 0.02 * torch.randn(F, device=dev, generator=g))
-        save_file({f"W_enc_{l}": W.to(torch.bfloat16).contiguous(),
-                   f"b_enc_{l}": torch.zeros(F, device=dev, dtype=torch.bfloat16),
-                   f"threshold_{l}": thr_vec.to(torch.bfloat16).contiguous(),
-                   f"b_dec_{l}": torch.zeros(D, device=dev, dtype=torch.bfloat16)},
+        save_file({f"W_enc_{l}": W.to(dtype).contiguous(),
+                   f"b_enc_{l}": torch.zeros(F, device=dev, dtype=dtype),
+                   f"threshold_{l}": thr_vec.to(dtype).contiguous(),
+                   f"b_dec_{l}": torch.zeros(D, device=dev, dtype=dtype)},
                   str(clt / f"W_enc_{l}.safetensors"))
-        Wd = torch.randn(F, L - l, D, device=dev, generator=g, dtype=torch.bfloat16) * 0.01
+        Wd = torch.randn(F, L - l, D, device=dev, generator=g, dtype=dtype) * 0.01
         save_file({f"W_dec_{l}": Wd}, str(clt / f"W_dec_{l}.safetensors"))
         del Wd, W, pre
     (clt / "config.yaml").write_text(
