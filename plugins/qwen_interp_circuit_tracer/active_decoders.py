@@ -97,9 +97,6 @@ class ActiveDecoders:
             node_ids.append(src.node_ids.repeat_interleave(n_out))
         return torch.cat(locations, 1), torch.cat(vecs), torch.cat(node_ids)
 
-    def nbytes(self) -> int:
-        return sum(s.rows.nelement() * s.rows.element_size() for s in self.sources)
-
     def reconstruction(self, b_dec: torch.Tensor, W_skip: torch.Tensor | None = None,
                        input_acts: torch.Tensor | None = None) -> torch.Tensor:
         """(n_layers, n_pos, d_model) CLT output: the same ``index_add_`` as circuit-tracer's
@@ -128,11 +125,13 @@ class ActiveDecoders:
         """buffer[node] += <grads[:, position(node)], activation * decoder row(node -> out_layer)>
         for every occurrence that writes to ``out_layer``. buffer: (rows, batch);
         grads: (batch, n_pos, d_model)."""
+        if not self.sources:
+            return
         batch = grads.shape[0]
+        g = grads.to(self.sources[0].rows.dtype)
         for src in self.sources:
             if src.layer > out_layer:
                 break
-            g = grads.to(src.rows.dtype)
             elem = src.rows.element_size()
             per_pos = src.width * (self.d_model + batch) * elem
             step = max(1, self.workspace_bytes // per_pos)
@@ -175,9 +174,9 @@ def attribution_components(transcoder, inputs: torch.Tensor, zero_positions=slic
                            workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
                            lookup_encoders: bool = False) -> dict:
     """``CrossLayerTranscoder.compute_attribution_components`` with ``ActiveDecoders`` as
-    ``decoder_vecs`` (and ``ActiveEncoders`` as ``encoder_vecs``); ``decoder_locations`` and ``encoder_to_decoder_map`` are empty (there are
+    ``decoder_vecs``. ``decoder_locations`` and ``encoder_to_decoder_map`` are empty (there are
     no occurrence-level rows), so the generic per-row feature hooks find nothing to do.
-    ``lookup_encoders`` (only when the transcoder will not be offloaded during attribution):
+    ``lookup_encoders`` (only when the transcoder stays in place during attribution):
     ``ActiveEncoders`` instead of a copy of each occurrence's encoder row."""
     features, encoder_vectors = transcoder.encode_sparse(inputs, zero_positions=zero_positions)
     if lookup_encoders and not transcoder.lazy_encoder:  # resident encoder: drop the copy
