@@ -1,10 +1,13 @@
 """One attention pattern per layer in attribution's forward pass, not one per batch row.
 
 attribute() runs the prompt expanded to ``batch_size`` identical rows, with attention patterns
-frozen (detached). TransformerLens's ``pattern @ v`` then keeps a (batch x heads, query, key)
-pattern per layer for the backward pass: 1 GB per layer at batch 32 x 1,000 tokens for
-Qwen3-1.7B. Within this context each attention layer applies row 0's pattern to every row's V
-with one bmm per KV head, so autograd keeps (heads, query, key) per layer.
+frozen (detached). TransformerLens then computes scores, mask, softmax and pattern for every row
+(several (batch, heads, query, key) temporaries: 2 GB each at batch 64 x 1,000 tokens for
+Qwen3-1.7B) and ``pattern @ v`` keeps a (batch x heads, query, key) pattern per layer for the
+backward pass. Within this context each attention layer computes the scores of row 0 only (so
+``hook_attn_scores`` and ``hook_pattern`` see a batch of one) and applies that pattern to every
+row's V with one bmm per KV head, so autograd keeps (heads, query, key) per layer. Exact only
+because the rows are identical and the pattern is detached, as in attribution.
 """
 
 from __future__ import annotations
@@ -12,6 +15,16 @@ from __future__ import annotations
 import contextlib
 
 import torch
+
+
+def row0_scores(attn):
+    """``calculate_attention_scores`` of the first row only (every row is the same prompt)."""
+    upstream = attn.calculate_attention_scores
+
+    def calculate_attention_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return upstream(q[:1], k[:1])
+
+    return calculate_attention_scores
 
 
 def shared_pattern_z(attn):
@@ -31,12 +44,14 @@ def shared_pattern_z(attn):
 
 @contextlib.contextmanager
 def shared_attention_patterns(blocks):
-    """Within the context, every ``block.attn`` of ``blocks`` uses ``shared_pattern_z``."""
+    """Within the context, every ``block.attn`` of ``blocks`` uses ``row0_scores`` and
+    ``shared_pattern_z``."""
     attns = [block.attn for block in blocks]
     for attn in attns:
+        attn.calculate_attention_scores = row0_scores(attn)
         attn.calculate_z_scores = shared_pattern_z(attn)
     try:
         yield
     finally:
         for attn in attns:
-            del attn.calculate_z_scores
+            del attn.calculate_attention_scores, attn.calculate_z_scores
