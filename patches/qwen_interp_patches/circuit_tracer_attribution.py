@@ -94,8 +94,8 @@ PATCH = Patch(
     "133 GB for 1,000 tokens. This keeps each active (layer, feature) decoder row once "
     "(`ActiveDecoders`) and scores occurrences position by position with one bmm over a padded "
     "block of at most 256 MB; `compute_partial_influences` no longer copies the whole edge "
-    "matrix to the GPU; and the TransformerLens backend keeps one frozen attention pattern per "
-    "layer instead of one per batch row. The elementwise products are unchanged (only dot-product "
+    "matrix to the GPU; and the TransformerLens backend computes and keeps one frozen attention "
+    "pattern per layer instead of one per batch row (the rows are the same prompt). The elementwise products are unchanged (only dot-product "
     "summation order can differ): on Qwen3 test models (fp32) node sets are identical and "
     "|dA| <= 1e-5 max|A| on both backends (tested in qwen-interp).",
     bounded_attribution)
