@@ -26,3 +26,30 @@ def run_python(code: str, env: dict | None = None, check: bool = True) -> subpro
     if check and proc.returncode != 0:
         raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def apply_rendered_patch(distribution: str, root):
+    """The released source of ``distribution`` with its rendered patch applied by `git apply`."""
+    from qwen_interp import upstream
+    upstream.copy_released_source(distribution, root)
+    diff = root.parent / f"{distribution}.patch"
+    diff.write_text(upstream.render(distribution))
+    proc = subprocess.run(["git", "apply", "--verbose", str(diff)], cwd=root, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "cleanly" in proc.stderr and "rejected" not in proc.stderr
+    return root
+
+
+@pytest.fixture(scope="session")
+def patched_release(tmp_path_factory):
+    """``patched_release(distribution)``: its pinned release's source with every rendered patch
+    applied (``apply_rendered_patch``), built once per session and shared read-only."""
+    roots = {}
+
+    def get(distribution: str):
+        if distribution not in roots:
+            roots[distribution] = apply_rendered_patch(
+                distribution, tmp_path_factory.mktemp(distribution) / "src")
+        return roots[distribution]
+    return get

@@ -11,7 +11,6 @@ import site
 import pytest
 import torch
 from conftest import run_python
-from test_upstream_patches import apply_rendered_patch
 
 MODEL = "Qwen/Qwen3-0.6B-Base"
 RTOL = 1e-5  # |dA| <= RTOL * max|A|, fp32 (summation order only)
@@ -43,8 +42,8 @@ def clt_dir(qwen_offline_hub, qwen_registry):
 
 
 @pytest.fixture(scope="module")
-def patched_root(tmp_path_factory):
-    return str(apply_rendered_patch("circuit-tracer", tmp_path_factory.mktemp("ct") / "src"))
+def patched_root(patched_release):
+    return str(patched_release("circuit-tracer"))
 
 
 def test_render_has_the_patch_and_ships_the_plugin_modules_unchanged():

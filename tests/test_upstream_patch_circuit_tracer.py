@@ -17,7 +17,6 @@ import site
 import pytest
 import torch
 from conftest import SEED_PROMPT, run_python
-from test_upstream_patches import apply_rendered_patch
 
 MODEL = "Qwen/Qwen3-0.6B-Base"
 # Not the registered release id: the session's offline Hub keeps that one in the hub layout for
@@ -42,8 +41,8 @@ ATOL = 1e-6
 
 
 @pytest.fixture(scope="module")
-def patched_root(tmp_path_factory):
-    return str(apply_rendered_patch("circuit-tracer", tmp_path_factory.mktemp("ct") / "src"))
+def patched_root(patched_release):
+    return str(patched_release("circuit-tracer"))
 
 
 @pytest.fixture(scope="module")

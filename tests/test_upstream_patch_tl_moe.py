@@ -14,7 +14,6 @@ import textwrap
 import pytest
 
 from conftest import run_python
-from test_upstream_patches import apply_rendered_patch
 
 MOE = "Qwen/Qwen3-30B-A3B-Base"
 TITLE = "Qwen3-MoE (Qwen3MoeForCausalLM) in HookedTransformer"
@@ -22,8 +21,8 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def patched_tl(tmp_path_factory):
-    return str(apply_rendered_patch("transformer-lens", tmp_path_factory.mktemp("tl-moe") / "src"))
+def patched_tl(patched_release):
+    return str(patched_release("transformer-lens"))
 
 
 @pytest.fixture(scope="module")

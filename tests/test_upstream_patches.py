@@ -15,21 +15,9 @@ DENSE = ["Qwen/Qwen3-0.6B-Base", "Qwen/Qwen3-1.7B-Base", "Qwen/Qwen3-4B-Base",
          "Qwen/Qwen3-8B-Base", "Qwen/Qwen3-14B-Base"]
 
 
-def apply_rendered_patch(distribution: str, root):
-    """The released source of ``distribution`` with its rendered patch applied by `git apply`."""
-    upstream.copy_released_source(distribution, root)
-    diff = root.parent / f"{distribution}.patch"
-    diff.write_text(upstream.render(distribution))
-    proc = subprocess.run(["git", "apply", "--verbose", str(diff)], cwd=root, capture_output=True,
-                          text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert "cleanly" in proc.stderr and "rejected" not in proc.stderr
-    return root
-
-
 @pytest.fixture(scope="module")
-def patched_transformer_lens(tmp_path_factory):
-    return apply_rendered_patch("transformer-lens", tmp_path_factory.mktemp("tl") / "src")
+def patched_transformer_lens(patched_release):
+    return patched_release("transformer-lens")
 
 
 def test_render_lists_every_patch_with_a_diff():
@@ -111,12 +99,12 @@ print(json.dumps(acts.tolist()))
 """
 
 
-def test_patched_circuit_tracer_nnsight_resid_mid_without_plugins(tmp_path, qwen_offline_hub,
+def test_patched_circuit_tracer_nnsight_resid_mid_without_plugins(patched_release, qwen_offline_hub,
                                                                    qwen_registry):
     import site
     release = qwen_registry.transcoder_release("bluelight-qwen3-1.7b")
     clt = str(qwen_offline_hub.transcoder(release, qwen_registry.model(release.model_repo_id)))
-    root = str(apply_rendered_patch("circuit-tracer", tmp_path / "src"))
+    root = str(patched_release("circuit-tracer"))
     patched = run_python(NNSIGHT_CLT.format(prelude="", root=root, clt=clt),
                          env={"PYTHONPATH": root, "QWEN_INTERP_PLUGINS": ""})
     installed = site.getsitepackages()[0]
@@ -154,7 +142,8 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_patched_sae_lens_refuses_malicious_qwen_scope_pickle_without_plugins(tmp_path):
+def test_patched_sae_lens_refuses_malicious_qwen_scope_pickle_without_plugins(tmp_path,
+                                                                             patched_release):
     import site
 
     import torch
@@ -166,7 +155,7 @@ def test_patched_sae_lens_refuses_malicious_qwen_scope_pickle_without_plugins(tm
          "b_dec": torch.zeros(1)}, folder / "layer0.sae.pt"))
     env = {"HF_HOME": str(hf_home), "QWEN_INTERP_PLUGINS": "",
            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # torch's escape hatch, as some users set it
-    root = str(apply_rendered_patch("sae-lens", tmp_path / "src"))
+    root = str(patched_release("sae-lens"))
     patched = run_python(MALICIOUS_SAE.format(prelude="", root=root, marker=str(marker)),
                          env={**env, "PYTHONPATH": root})
     assert "refused: UnpicklingError" in patched.stdout
@@ -177,8 +166,8 @@ def test_patched_sae_lens_refuses_malicious_qwen_scope_pickle_without_plugins(tm
     assert "payload ran: True" in bare.stdout
 
 
-def test_circuit_tracer_plugin_stands_down_on_patched_upstream(tmp_path):
-    root = str(apply_rendered_patch("circuit-tracer", tmp_path / "src"))
+def test_circuit_tracer_plugin_stands_down_on_patched_upstream(patched_release):
+    root = str(patched_release("circuit-tracer"))
     out = run_python("""
 import json, qwen_interp
 import circuit_tracer.utils.tl_nnsight_mapping as m
@@ -193,8 +182,8 @@ print(json.dumps([status, before == dict(m._REGISTRY["Qwen3ForCausalLM"].feature
     assert unchanged
 
 
-def test_saelens_plugin_says_when_upstream_reads_weights_only(tmp_path):
-    root = str(apply_rendered_patch("sae-lens", tmp_path / "src"))
+def test_saelens_plugin_says_when_upstream_reads_weights_only(patched_release):
+    root = str(patched_release("sae-lens"))
     probe = """
 import json, qwen_interp, sae_lens
 print(json.dumps(qwen_interp.registry().adapters["saelens"].status()))
