@@ -177,3 +177,33 @@ restored = all(get(o, n) is orig for (o, n), orig in zip(targets, originals))
 print(json.dumps([again, restored]))
 """)
     assert out.stdout.strip().splitlines()[-1] == "[true, true]"
+
+
+@pytest.mark.parametrize("workspace", [None, 4096])
+def test_scores_follow_the_per_occurrence_formula(models, monkeypatch, workspace):
+    """score_into against the formula on upstream's per-occurrence layout: node n gains
+    <grads[:, pos(n)], activation * decoder row(n -> l)> at output layer l (fp32, rtol 1e-5).
+    All source layers of an output layer share one batched matmul per position block: one
+    block with the default workspace, one per position with a 4 KB one."""
+    model = models["transformerlens"]
+    monkeypatch.setenv("QWEN_INTERP_BOUNDED_ATTRIBUTION", "1")
+    decoders = model.setup_attribution(model.ensure_tokenized(LONGER_PROMPT)).decoder_vecs
+    if workspace is not None:
+        decoders.workspace_bytes = workspace
+    locations, vecs, node_ids = decoders.occurrence_rows()
+    n_nodes = sum(len(s.values) for s in decoders.sources)
+    grads = torch.randn(3, decoders.n_pos, decoders.d_model)
+    bmm_calls = []
+    real_bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *a: bmm_calls.append(1) or real_bmm(*a))
+    for layer in range(decoders.n_layers):
+        bmm_calls.clear()
+        ours = torch.zeros(n_nodes, 3)
+        decoders.score_into(ours, grads, layer)
+        hit = locations[0] == layer
+        ref = torch.zeros(n_nodes, 3).index_add_(
+            0, node_ids[hit], torch.einsum("bmd,md->mb", grads[:, locations[1][hit]], vecs[hit]))
+        assert ours.abs().max() > 0
+        assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-5 * ref.abs().max())
+        positions = locations[1][hit].unique()
+        assert len(bmm_calls) == (1 if workspace is None else len(positions))

@@ -7,8 +7,9 @@ d_model) tensor before a batched dot product: about 50 GB at the last layer for 
 prompt at batch 256, which is where attribution's peak goes.
 
 Here each (source layer, feature) decoder row is read once (``ActiveDecoders``), occurrences are
-scaled when scored, and scores are computed position by position as one batched matmul over a
-padded (positions, occurrences, d_model) block whose size is bounded by ``workspace_bytes``. The
+scaled when scored, and each output layer's scores (all source layers at once) are computed
+position by position as one batched matmul over a padded (positions, occurrences, d_model) block
+whose size is bounded by ``workspace_bytes``: a few kernels per output layer and block. The
 per-occurrence products are the same elementwise products as upstream's (``row * activation`` in
 the transcoder's dtype); only the summation order of each dot product may differ.
 """
@@ -35,24 +36,54 @@ class SourceLayer:
     values: torch.Tensor  # (n,) activation of each occurrence
     positions: torch.Tensor  # (n,) ascending
     node_ids: torch.Tensor  # (n,) row of each occurrence in the attribution buffer
-    offsets: list[int]  # offsets[p]: first occurrence at position >= p (length n_pos + 1)
-    width: int  # most occurrences at one position
-    slots: torch.Tensor  # (n,) position * width + rank within its position
+    row_offset: int  # first row of ``rows`` in ActiveDecoders.flat_rows
 
-    def scaled_rows(self, lo: int, hi: int, out_layer: int) -> torch.Tensor:
-        """activation * decoder row for occurrences lo:hi, written to ``out_layer``."""
-        rows = self.rows[:, out_layer - self.layer]
-        return rows[self.inverse[lo:hi]] * self.values[lo:hi, None]
+
+@dataclass
+class ScoringPlan:
+    """Occurrences reordered by (position block, source layer, position): in each block, those
+    that write to output layer ``l`` (source layer <= l) are a prefix, ``starts[b]:ends[b][l]``,
+    so each output layer is scored with one batched matmul per block, not one per source layer."""
+
+    step: int  # positions per block
+    starts: list[int]
+    ends: list[list[int]]
+    first_row: torch.Tensor  # flat_rows index of the occurrence's row for output layer 0
+    values: torch.Tensor
+    node_ids: torch.Tensor
+    local_pos: torch.Tensor  # position - first position of its block
+    rank: torch.Tensor  # slot within its position (earlier source layers first)
 
 
 class ActiveDecoders:
     """Decoder rows of the active features of a CLT, each (source layer, feature) read once."""
 
-    def __init__(self, sources: list[SourceLayer], n_layers: int, n_pos: int, d_model: int,
-                 workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> None:
-        self.sources = sources
+    def __init__(self, sources: list[SourceLayer], flat_rows: torch.Tensor | None, n_layers: int,
+                 n_pos: int, d_model: int, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> None:
+        self.sources, self.flat_rows = sources, flat_rows
         self.n_layers, self.n_pos, self.d_model = n_layers, n_pos, d_model
         self.workspace_bytes = int(workspace_bytes)
+        self._plans: dict[int, ScoringPlan] = {}
+        if not sources:
+            self.widths = [0] * n_layers
+            return
+        layer = torch.cat([torch.full_like(s.positions, s.layer) for s in sources])
+        pos = torch.cat([s.positions for s in sources])
+        # counts[s, p]: occurrences of source layer s at position p. An occurrence's slot at its
+        # position is the same for every output layer: occurrences of earlier source layers there,
+        # plus its rank within its own layer.
+        cell = layer * n_pos + pos
+        counts = torch.bincount(cell, minlength=n_layers * n_pos)
+        first_in_cell = torch.cumsum(counts, 0) - counts
+        counts = counts.view(n_layers, n_pos)
+        below = torch.cumsum(counts, 0)  # below[l, p]: occurrences with source layer <= l at p
+        self._layer, self._pos = layer, pos
+        self._rank = (below - counts).view(-1)[cell] + (
+            torch.arange(len(cell), device=cell.device) - first_in_cell[cell])
+        self.widths = below.max(dim=1).values.tolist()  # padded width per output layer
+        self._first_row = torch.cat([
+            s.row_offset + s.inverse * (n_layers - s.layer) - s.layer for s in sources])
+        self._values = torch.cat([s.values for s in sources])
 
     @classmethod
     def from_transcoder(cls, transcoder, features: torch.Tensor,
@@ -62,27 +93,46 @@ class ActiveDecoders:
         layer_idx, pos_idx, feat_idx = features.indices()
         values = features.values()
         n_layers, n_pos, _ = features.shape
+        d_model = transcoder.d_model
         counts = torch.bincount(layer_idx, minlength=n_layers).tolist()
-        sources, start = [], 0
+        active, start = [], 0
         for layer, count in enumerate(counts):
-            if count == 0:
-                continue
-            span = slice(start, start + count)
-            unique, inverse = feat_idx[span].unique(return_inverse=True)
-            rows = transcoder._get_decoder_vectors(layer, unique.cpu())
-            positions = pos_idx[span]
-            per_pos = torch.bincount(positions, minlength=n_pos)
-            first = torch.cumsum(per_pos, 0) - per_pos
-            rank = torch.arange(count, device=positions.device) - first[positions]
-            width = int(per_pos.max())
-            sources.append(SourceLayer(
-                layer=layer, rows=rows, inverse=inverse, values=values[span],
-                positions=positions,
-                node_ids=torch.arange(start, start + count, device=positions.device),
-                offsets=[0] + torch.cumsum(per_pos, 0).tolist(), width=width,
-                slots=positions * width + rank))
+            if count:
+                unique, inverse = feat_idx[start:start + count].unique(return_inverse=True)
+                active.append((layer, slice(start, start + count), unique, inverse))
             start += count
-        return cls(sources, n_layers, n_pos, transcoder.d_model, workspace_bytes)
+        # One buffer for every layer's rows, so one gather serves all source layers.
+        n_rows = sum(len(unique) * (n_layers - layer) for layer, _, unique, _ in active)
+        flat_rows, sources, offset = None, [], 0
+        for layer, span, unique, inverse in active:
+            rows = transcoder._get_decoder_vectors(layer, unique.cpu())
+            if flat_rows is None:
+                flat_rows = rows.new_empty((n_rows, d_model))
+            size = rows.shape[0] * rows.shape[1]
+            flat_rows[offset:offset + size] = rows.reshape(size, d_model)
+            del rows
+            sources.append(SourceLayer(
+                layer=layer, rows=flat_rows[offset:offset + size].view(len(unique), -1, d_model),
+                inverse=inverse, values=values[span], positions=pos_idx[span],
+                node_ids=torch.arange(span.start, span.stop, device=pos_idx.device),
+                row_offset=offset))
+            offset += size
+        return cls(sources, flat_rows, n_layers, n_pos, d_model, workspace_bytes)
+
+    def _plan(self, step: int) -> ScoringPlan:
+        """The scoring order for blocks of ``step`` positions (built once per block size)."""
+        if step not in self._plans:
+            n_blocks = -(-self.n_pos // step)
+            block = self._pos // step
+            key = block * self.n_layers + self._layer
+            order = torch.argsort(key, stable=True)
+            per_cell = torch.bincount(key, minlength=n_blocks * self.n_layers)
+            ends = torch.cumsum(per_cell, 0).view(n_blocks, self.n_layers).tolist()
+            self._plans[step] = ScoringPlan(
+                step=step, starts=[0] + [row[-1] for row in ends[:-1]], ends=ends,
+                first_row=self._first_row[order], values=self._values[order], node_ids=order,
+                local_pos=(self._pos - block * step)[order], rank=self._rank[order])
+        return self._plans[step]
 
     def occurrence_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """circuit-tracer's per-occurrence layout, materialized (for inspection, not for
@@ -125,28 +175,27 @@ class ActiveDecoders:
         """buffer[node] += <grads[:, position(node)], activation * decoder row(node -> out_layer)>
         for every occurrence that writes to ``out_layer``. buffer: (rows, batch);
         grads: (batch, n_pos, d_model)."""
-        if not self.sources:
+        width = self.widths[out_layer]
+        if width == 0:
             return
-        batch = grads.shape[0]
-        g = grads.to(self.sources[0].rows.dtype)
-        for src in self.sources:
-            if src.layer > out_layer:
-                break
-            elem = src.rows.element_size()
-            per_pos = src.width * (self.d_model + batch) * elem
-            step = max(1, self.workspace_bytes // per_pos)
-            for p0 in range(0, self.n_pos, step):
-                p1 = min(p0 + step, self.n_pos)
-                lo, hi = src.offsets[p0], src.offsets[p1]
-                if lo == hi:
-                    continue
-                slots = src.slots[lo:hi] - p0 * src.width
-                padded = g.new_zeros((p1 - p0) * src.width, self.d_model)
-                padded.index_copy_(0, slots, src.scaled_rows(lo, hi, out_layer))
-                scores = torch.bmm(padded.view(p1 - p0, src.width, self.d_model),
-                                   g[:, p0:p1].permute(1, 2, 0))  # (positions, width, batch)
-                buffer.index_add_(0, src.node_ids[lo:hi],
-                                  scores.view(-1, batch)[slots].to(buffer.dtype))
+        batch, d = grads.shape[0], self.d_model
+        g = grads.to(self.flat_rows.dtype)
+        # per position: gathered rows and the padded block (width x d), scores (width x batch)
+        per_pos = max(self.widths) * 2 * (d + batch) * self.flat_rows.element_size()
+        plan = self._plan(max(1, self.workspace_bytes // per_pos))
+        for b, (lo, ends) in enumerate(zip(plan.starts, plan.ends)):
+            hi = ends[out_layer]
+            if lo == hi:
+                continue
+            p0 = b * plan.step
+            n = min(plan.step, self.n_pos - p0)
+            rows = self.flat_rows[plan.first_row[lo:hi] + out_layer]
+            rows *= plan.values[lo:hi, None]  # the product upstream stores, in the same dtype
+            slots = torch.add(plan.rank[lo:hi], plan.local_pos[lo:hi], alpha=width)
+            padded = g.new_zeros(n * width, d).index_copy_(0, slots, rows)
+            scores = torch.bmm(padded.view(n, width, d), g[:, p0:p0 + n].permute(1, 2, 0))
+            buffer.index_add_(0, plan.node_ids[lo:hi],
+                              scores.view(-1, batch)[slots].to(buffer.dtype))
 
 
 class ActiveEncoders:
