@@ -96,7 +96,8 @@ def measure(side: str, part: str, device: str) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) to the current
     t0 = time.time()
     try:
-        g = attribute(prompt, rm, batch_size=batch, max_feature_nodes=MAX_FEATURE_NODES)
+        g = attribute(prompt, rm, batch_size=batch, max_feature_nodes=MAX_FEATURE_NODES,
+                      verbose=True)  # phase timings in the output
     except torch.OutOfMemoryError as e:
         log(side=side, part=part, oom=True, after_s=round(time.time() - t0, 1),
             error=str(e).splitlines()[0][:200])
