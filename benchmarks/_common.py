@@ -46,6 +46,30 @@ def snapshot_dir(hf_home: Path, repo: str, tokenizer: bool = False) -> Path:
     return snap
 
 
+def random_qwen3_snapshot(hf_home: Path, repo: str, config: dict = QWEN3_1_7B_BASE,
+                          dtype_name: str = "bfloat16", random_norms: bool = False) -> int | None:
+    """A random-weight Qwen3ForCausalLM (seed 0, built on the GPU when there is one) saved with
+    the Qwen tokenizer as ``repo``'s snapshot; returns its parameter count, or None when the
+    snapshot already exists. ``random_norms``: norm gains uniform in [0.5, 1.5], so that
+    TransformerLens' folding and centring have something to do."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    snap = snapshot_dir(hf_home, repo)
+    if (snap / "config.json").exists():
+        return None
+    snapshot_dir(hf_home, repo, tokenizer=True)
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = Qwen3ForCausalLM(Qwen3Config(**config)).to(getattr(torch, dtype_name))
+    if random_norms:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.uniform_(0.5, 1.5)
+    model.save_pretrained(snap)
+    return sum(p.numel() for p in model.parameters())
+
+
 def use_checkout_plugins(*plugin_modules: str):
     """Import qwen_interp from the checkout and register the named built-in plugins by hand
     when they did not load through entry points; return the registry."""

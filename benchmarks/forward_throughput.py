@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import QWEN3_1_7B_BASE, jsonl_logger, snapshot_dir, use_checkout_plugins
+from _common import QWEN3_1_7B_BASE, jsonl_logger, random_qwen3_snapshot, use_checkout_plugins
 
 SMALL = "--small" in sys.argv or "--cpu" in sys.argv
 WORK = Path(os.environ.get("FWD_BENCH_DIR", "/tmp/fwdbench-small" if SMALL else "/tmp/fwdbench"))
@@ -73,23 +73,11 @@ def tokenizer_dir() -> None:
 
 
 def build() -> None:
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-    snap = snapshot_dir(WORK / "hf", MODEL)
-    if (snap / "config.json").exists():
-        return
     tokenizer_dir()
-    snapshot_dir(WORK / "hf", MODEL, tokenizer=True)
-    cfg = Qwen3Config(**config_kwargs())
-    torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = Qwen3ForCausalLM(cfg).to(torch.float32 if SMALL else torch.bfloat16)
-    with torch.no_grad():  # non-trivial norm gains, as in model_load.py
-        for n, p in model.named_parameters():
-            if n.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
-    model.save_pretrained(snap)
-    log(phase="build", small=SMALL, params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 1))
+    n_params = random_qwen3_snapshot(WORK / "hf", MODEL, config_kwargs(),
+                                     "float32" if SMALL else "bfloat16", random_norms=True)
+    if n_params is not None:
+        log(phase="build", small=SMALL, params_m=round(n_params / 1e6, 1))
 
 
 def load(side: str, device: str, dtype):

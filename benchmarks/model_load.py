@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import QWEN3_1_7B_BASE, jsonl_logger, snapshot_dir, use_checkout_plugins
+from _common import jsonl_logger, random_qwen3_snapshot, use_checkout_plugins
 
 WORK = Path(os.environ.get("LOAD_BENCH_DIR", "/tmp/loadbench"))
 os.environ["HF_HOME"] = str(WORK / "hf")
@@ -41,22 +41,9 @@ log = jsonl_logger("model_load.jsonl")
 
 
 def build() -> None:
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-    snap = snapshot_dir(WORK / "hf", MODEL)
-    if (snap / "config.json").exists():
-        return
-    snapshot_dir(WORK / "hf", MODEL, tokenizer=True)
-    cfg = Qwen3Config(**QWEN3_1_7B_BASE)
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = Qwen3ForCausalLM(cfg).to(torch.bfloat16)
-    with torch.no_grad():  # non-trivial norm gains, so folding and centring do something
-        for n, p in model.named_parameters():
-            if n.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
-    model.save_pretrained(snap)
-    log(phase="build", model_gb=round(sum(p.numel() * 2 for p in model.parameters()) / 1e9, 3))
+    n_params = random_qwen3_snapshot(WORK / "hf", MODEL, random_norms=True)
+    if n_params is not None:
+        log(phase="build", model_gb=round(n_params * 2 / 1e9, 3))
 
 
 def measure(side: str, flags: str) -> None:

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import QWEN3_1_7B_BASE, jsonl_logger, snapshot_dir, use_checkout_plugins
+from _common import jsonl_logger, random_qwen3_snapshot, use_checkout_plugins
 
 WORK = Path(os.environ.get("SESSION_BENCH_DIR", "/tmp/sessionbench"))
 os.environ["HF_HOME"] = str(WORK / "hf")
@@ -56,16 +56,7 @@ def activate_plugins():
 
 
 def build_model() -> None:
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-    snap = snapshot_dir(WORK / "hf", MODEL)
-    if (snap / "config.json").exists():
-        return
-    snapshot_dir(WORK / "hf", MODEL, tokenizer=True)
-    cfg = Qwen3Config(**QWEN3_1_7B_BASE)
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        Qwen3ForCausalLM(cfg).to(torch.bfloat16).save_pretrained(snap)
+    random_qwen3_snapshot(WORK / "hf", MODEL)
 
 
 def build_clt(model, tokens):
