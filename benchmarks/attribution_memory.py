@@ -23,6 +23,12 @@ Host-memory version on CPU (28 layers, d_model 256, a 28 x 2,048 CLT at ~40 acti
 layer and token, fp32, seed prompt, batch 256, max_feature_nodes 1,024; peak RSS during
 attribute(), measured through /proc/self/clear_refs):
   python benchmarks/attribution_memory.py --cpu-mid
+The long part at that width, both sides under one host address-space limit (an allocation past
+it is logged as out of memory, like CUDA's):
+  (ulimit -v 22000000; python benchmarks/attribution_memory.py --cpu-mid long)
+Issue 8's real shapes and dtype (bf16, 28 x 20,480 CLT at L0 ~80, seed prompt, batch 256) on the
+host, for the memory of each side (the ~40 GB build goes to /tmp/cltbench-cpu; slow on a CPU):
+  (ulimit -v 22000000; python benchmarks/attribution_memory.py --cpu-real)
 """
 
 from __future__ import annotations
@@ -33,11 +39,15 @@ import sys
 import time
 from pathlib import Path
 
+MODES = ("--small", "--cpu-mid", "--cpu-real")
 SMALL = "--small" in sys.argv
 MID = "--cpu-mid" in sys.argv
+REAL_CPU = "--cpu-real" in sys.argv  # issue 8's real shapes and bf16, on the host
 if MID:
     os.environ.setdefault("CLT_BENCH_DIR", "/tmp/cltbench-mid")
     os.environ.setdefault("TARGET_L0", "40")
+if REAL_CPU:
+    os.environ.setdefault("CLT_BENCH_DIR", "/tmp/cltbench-cpu")
 if not SMALL:
     os.environ.setdefault("TARGET_L0", "80")
     import clt_load_attribute as clt_bench  # sets HF_HOME / offline before any HF import
@@ -83,7 +93,7 @@ def measure(side: str, part: str, device: str) -> None:
     import torch
     from circuit_tracer import attribute
     cuda = device == "cuda"
-    rm = load(side, torch.device(device), torch.bfloat16 if cuda else torch.float32)
+    rm = load(side, torch.device(device), torch.bfloat16 if cuda or REAL_CPU else torch.float32)
     if part == "seed":
         prompt, batch = SEED, 256
     else:
@@ -94,11 +104,15 @@ def measure(side: str, part: str, device: str) -> None:
         base = torch.cuda.memory_allocated()
     rss_before_gb = _status_bytes("VmRSS") / 1e9
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) to the current
+    anon = PeakSampler("RssAnon")  # VmHWM also counts mmapped weight files; this does not
     t0 = time.time()
     try:
-        g = attribute(prompt, rm, batch_size=batch, max_feature_nodes=MAX_FEATURE_NODES,
-                      verbose=True)  # phase timings in the output
-    except torch.OutOfMemoryError as e:
+        with anon:
+            g = attribute(prompt, rm, batch_size=batch, max_feature_nodes=MAX_FEATURE_NODES,
+                          verbose=True)  # phase timings in the output
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
         log(side=side, part=part, oom=True, after_s=round(time.time() - t0, 1),
             error=str(e).splitlines()[0][:200])
         return
@@ -109,7 +123,9 @@ def measure(side: str, part: str, device: str) -> None:
                   active_features=int(g.active_features.shape[0]),
                   nodes=int(g.adjacency_matrix.shape[0]),
                   host_rss_before_gb=round(rss_before_gb, 2),
-                  host_peak_rss_during_gb=round(_status_bytes("VmHWM") / 1e9, 2))
+                  host_peak_rss_during_gb=round(_status_bytes("VmHWM") / 1e9, 2),
+                  host_anon_before_gb=round(anon.start / 1e9, 2),
+                  host_peak_anon_during_gb=round(anon.peak / 1e9, 2))
     if cuda:
         record.update(peak_gpu_gb=round(torch.cuda.max_memory_allocated() / 1e9, 2),
                       peak_gpu_above_model_gb=round(
@@ -121,6 +137,37 @@ def measure(side: str, part: str, device: str) -> None:
                                                 "adjacency_matrix", "logit_probabilities")}
                    | {"logit_tokens": [t.vocab_idx for t in g.logit_targets]},
                    WORK / f"graph_{side}.pt")
+
+
+class PeakSampler:
+    """Peak of one /proc/self/status field while the ``with`` block runs (sampled every 10 ms)."""
+
+    def __init__(self, field: str) -> None:
+        self.field, self.start, self.peak = field, 0, 0
+
+    def __enter__(self):
+        import threading
+        self.start = self.peak = _status_bytes(self.field)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._done.wait(0.01):
+            self.peak = max(self.peak, _status_bytes(self.field))
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+        self.peak = max(self.peak, _status_bytes(self.field))
+
+
+def _out_of_memory(e: Exception) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError (host-memory runs under
+    ``ulimit -v``)."""
+    import torch
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
 
 
 def _status_bytes(field: str) -> int:
@@ -143,7 +190,7 @@ def compare_seed_graphs() -> None:
 
 
 def run_side(side: str, part: str, device: str) -> None:
-    flags = [f for f in ("--small", "--cpu-mid") if f in sys.argv]
+    flags = [f for f in MODES if f in sys.argv]
     args = [sys.executable, __file__, "measure", side, part, device] + flags
     proc = subprocess.run(args)
     if proc.returncode != 0:
@@ -165,7 +212,7 @@ def build_small() -> str:
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a not in ("--small", "--cpu-mid")]
+    args = [a for a in sys.argv[1:] if a not in MODES]
     if args[:1] == ["measure"]:
         if SMALL:
             os.environ["HF_HUB_OFFLINE"] = "1"
@@ -178,10 +225,13 @@ def main() -> None:
     elif MID:
         clt_bench.build("cpu", MID_MODEL, "float32", n_latent=2048)
         device = "cpu"
+    elif REAL_CPU:
+        clt_bench.build("cpu")
+        device = "cpu"
     else:
         clt_bench.build()
         device = "cuda"
-    parts = args or (["seed"] if MID else ["seed", "long"])
+    parts = args or (["seed"] if MID or REAL_CPU else ["seed", "long"])
     for part in parts:
         for side in ("upstream", "ours"):
             run_side(side, part, device)
