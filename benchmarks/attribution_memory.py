@@ -9,8 +9,9 @@ max_feature_nodes=8192)``. Each side runs in its own process, one after the othe
             QWEN_INTERP not imported
   ours:     import qwen_interp (bounded attribution is the default path)
 
-1. seed prompt (16 tokens): time, peak GPU memory, and the graph of each side saved; the driver
-   checks node sets equal and |A_ours - A_upstream| <= 1e-2 * max|A| (bf16 rows; reported).
+1. seed prompt (16 tokens, ``batch_size=SEED_BATCH``, default 256): time, peak GPU memory, and
+   the graph of each side saved; the driver compares active and selected features, logits,
+   and |A_ours - A_upstream| <= 1e-2 * max|A| on the nodes both kept (bf16; reported).
 2. LONG_TOKENS-token prompt (default 1,000), ``batch_size=LONG_BATCH`` (default 64): upstream is
    expected to run out of GPU memory (logged), ours to finish.
 
@@ -26,9 +27,11 @@ attribute(), measured through /proc/self/clear_refs):
 The long part at that width, both sides under one host address-space limit (an allocation past
 it is logged as out of memory, like CUDA's):
   (ulimit -v 22000000; python benchmarks/attribution_memory.py --cpu-mid long)
-Issue 8's real shapes and dtype (bf16, 28 x 20,480 CLT at L0 ~80, seed prompt, batch 256) on the
-host, for the memory of each side (the ~40 GB build goes to /tmp/cltbench-cpu; slow on a CPU):
-  (ulimit -v 22000000; python benchmarks/attribution_memory.py --cpu-real)
+Issue 8's real shapes and dtype (bf16, 28 x 20,480 CLT at L0 ~80, seed prompt) on the host (the
+~40 GB build goes to /tmp/cltbench-cpu; minutes per side): at batch 256 for each side's memory,
+and at a batch and node budget upstream fits in host memory and time, to compare the graphs:
+  python benchmarks/attribution_memory.py --cpu-real
+  SEED_BATCH=32 MAX_FEATURE_NODES=512 python benchmarks/attribution_memory.py --cpu-real
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ RELEASE = "bluelightai/clt-qwen3-1.7b-base-20k"
 SEED = "Fact: The president of the United States in 2010 was"
 LONG_TOKENS = int(os.environ.get("LONG_TOKENS", "1000"))
 LONG_BATCH = int(os.environ.get("LONG_BATCH", "64"))
+SEED_BATCH = int(os.environ.get("SEED_BATCH", "256"))
 MAX_FEATURE_NODES = int(os.environ.get("MAX_FEATURE_NODES", "1024" if MID else "8192"))
 MID_MODEL = dict(vocab_size=151936, hidden_size=256, intermediate_size=768, num_hidden_layers=28,
                  num_attention_heads=4, num_key_value_heads=2, head_dim=64,
@@ -95,7 +99,7 @@ def measure(side: str, part: str, device: str) -> None:
     cuda = device == "cuda"
     rm = load(side, torch.device(device), torch.bfloat16 if cuda or REAL_CPU else torch.float32)
     if part == "seed":
-        prompt, batch = SEED, 256
+        prompt, batch = SEED, SEED_BATCH
     else:
         prompt, batch = torch.tensor(long_prompt(rm.tokenizer, LONG_TOKENS)), LONG_BATCH
     if cuda:
@@ -178,20 +182,42 @@ def _status_bytes(field: str) -> int:
 
 
 def compare_seed_graphs() -> None:
+    """Active features, logits, selected features, and the edges among the nodes both graphs
+    kept. In bf16 a feature at the edge of the ``max_feature_nodes`` budget can rank on either
+    side of it (scores differ in their last bits), so the overlap is reported and edges are
+    compared on the common nodes."""
     import torch
+    missing = [s for s in ("upstream", "ours") if not (WORK / f"graph_{s}.pt").exists()]
+    if missing:  # that side ran out of memory or failed (logged above)
+        log(part="seed", compare=False, no_graph_from=missing)
+        return
     up, ours = (torch.load(WORK / f"graph_{s}.pt") for s in ("upstream", "ours"))
-    same_nodes = all(torch.equal(up[k], ours[k]) for k in ("active_features", "selected_features"))
     A, B = ours["adjacency_matrix"], up["adjacency_matrix"]
-    diff = float((A - B).abs().max() / B.abs().max()) if A.shape == B.shape else float("inf")
-    log(part="seed", compare=True, same_node_sets=same_nodes,
-        same_logits=up["logit_tokens"] == ours["logit_tokens"],
-        max_abs_diff_over_max_abs=diff, within_rtol=diff <= GRAPH_RTOL,
-        same_edges_present=bool(A.shape == B.shape and torch.equal(A != 0, B != 0)))
+    sel_up, sel_ours = up["selected_features"].tolist(), ours["selected_features"].tolist()
+    row_up = {f: i for i, f in enumerate(sel_up)}
+    common = [(i, row_up[f]) for i, f in enumerate(sel_ours) if f in row_up]
+    record = dict(part="seed", compare=True,
+                  same_active_features=torch.equal(up["active_features"], ours["active_features"]),
+                  same_selected_features=sel_up == sel_ours, selected=len(sel_up),
+                  selected_in_both=len(common), same_logits=up["logit_tokens"] == ours["logit_tokens"])
+    if A.shape == B.shape and record["same_logits"]:
+        rest = list(range(len(sel_up), B.shape[0]))  # error, token and logit nodes
+        i_ours = torch.tensor([i for i, _ in common] + rest)
+        i_up = torch.tensor([j for _, j in common] + rest)
+        a, b = A[i_ours][:, i_ours], B[i_up][:, i_up]
+        diff = float((a - b).abs().max() / b.abs().max())
+        record.update(common_nodes=len(i_ours), nodes=B.shape[0],
+                      max_abs_diff_over_max_abs=diff, within_rtol=diff <= GRAPH_RTOL,
+                      frobenius_rel=float((a - b).norm() / b.norm()),
+                      edges_present_in_one_only=int(((a != 0) != (b != 0)).sum()),
+                      edges=int((b != 0).sum()))
+    log(**record)
 
 
 def run_side(side: str, part: str, device: str) -> None:
     flags = [f for f in MODES if f in sys.argv]
     args = [sys.executable, __file__, "measure", side, part, device] + flags
+    (WORK / f"graph_{side}.pt").unlink(missing_ok=True)  # never compare a graph of an older run
     proc = subprocess.run(args)
     if proc.returncode != 0:
         log(side=side, part=part, failed=True, returncode=proc.returncode)

@@ -3,8 +3,9 @@ same graph as circuit-tracer's own path (``QWEN_INTERP_BOUNDED_ATTRIBUTION=0``),
 offline Qwen3-1.7B-Base and its BluelightAI-layout CLT, fp32 on CPU, both backends.
 
 Tolerance: the per-occurrence products are identical; each dot product may be summed in another
-order, so |A_ours - A_upstream| <= 1e-5 * max|A| (fp32; measured ~1e-7). Node sets, selected
-features, logit targets and probabilities must be equal exactly.
+order, so |A_ours - A_upstream| <= 1e-5 * max|A| (fp32; measured ~1e-7); in bf16 (one test)
+<= 1e-2 * max|A|. Node sets, selected features, logit targets and probabilities must be equal
+exactly.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ MODEL = "Qwen/Qwen3-1.7B-Base"
 RELEASE = "bluelightai/clt-qwen3-1.7b-base-20k"
 CPU = torch.device("cpu")
 RTOL = 1e-5
+BF16_RTOL = 1e-2
 LONGER_PROMPT = SEED_PROMPT + " Barack Obama, and in 1985 it was Ronald Reagan; in 1995"
 
 
@@ -40,7 +42,7 @@ def graph(model, prompt, monkeypatch, bounded: bool, workspace_mb=None, **kwargs
     return attribute(prompt, model, **kwargs)
 
 
-def assert_same_graph(ours, ref):
+def assert_same_graph(ours, ref, rtol=RTOL, edges_present=True):
     assert torch.equal(ours.input_tokens.cpu(), ref.input_tokens.cpu())
     assert torch.equal(ours.active_features, ref.active_features)
     assert torch.equal(ours.activation_values, ref.activation_values)
@@ -49,8 +51,9 @@ def assert_same_graph(ours, ref):
     assert torch.equal(ours.logit_probabilities, ref.logit_probabilities)
     A, B = ours.adjacency_matrix, ref.adjacency_matrix
     assert A.shape == B.shape and B.abs().max() > 0.1
-    assert torch.equal(A != 0, B != 0)  # same edges present
-    assert (A - B).abs().max() <= RTOL * B.abs().max()
+    if edges_present:
+        assert torch.equal(A != 0, B != 0)  # same edges present
+    assert (A - B).abs().max() <= rtol * B.abs().max()
 
 
 @pytest.mark.parametrize("backend", ["transformerlens", "nnsight"])
@@ -60,6 +63,20 @@ def test_same_graph_as_upstream_all_features(models, backend, monkeypatch):
     ours = graph(model, SEED_PROMPT, monkeypatch, bounded=True, batch_size=64)
     assert ref.active_features.shape[0] > 200
     assert_same_graph(ours, ref)
+
+
+def test_same_graph_as_upstream_in_bf16(models, monkeypatch):
+    """bf16, the dtype of real runs: both paths round every score to bf16 and sum each dot product
+    in their own order, so edges agree to bf16 precision, not bitwise: |A_ours - A_upstream| <=
+    BF16_RTOL * max|A| (bf16 spacing is 2^-8 = 3.9e-3 relative; measured 4.8e-3, and 17 of 88,002
+    edges present on one side only). All features are kept, so node sets, logits and their
+    probabilities must be equal exactly."""
+    from circuit_tracer import ReplacementModel
+    model = ReplacementModel.from_pretrained(MODEL, RELEASE, device=CPU, dtype=torch.bfloat16)
+    ref = graph(model, LONGER_PROMPT, monkeypatch, bounded=False, batch_size=64)
+    ours = graph(model, LONGER_PROMPT, monkeypatch, bounded=True, batch_size=64)
+    # An edge present on one side only is a cancellation to ~0 there, bounded by the same rtol.
+    assert_same_graph(ours, ref, rtol=BF16_RTOL, edges_present=False)
 
 
 def test_same_graph_with_feature_budget_and_tiny_workspace(models, monkeypatch):
