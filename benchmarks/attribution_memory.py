@@ -168,8 +168,8 @@ class PeakSampler:
 
 
 def _out_of_memory(e: Exception) -> bool:
-    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError (host-memory runs under
-    ``ulimit -v``)."""
+    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError when the host refuses an
+    allocation (host-memory runs: over ``ulimit -v``, or larger than RAM)."""
     import torch
     return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
 
