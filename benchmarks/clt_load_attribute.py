@@ -62,6 +62,9 @@ def build(device: str = "cuda", model_kwargs: dict | None = None, dtype_name: st
     cfg = Qwen3Config(**(model_kwargs or QWEN3_1_7B_BASE))
     L, D, F = cfg.num_hidden_layers, cfg.hidden_size, n_latent  # noqa: N806
     s = snapshot_dir(HF_HOME, MODEL, tokenizer=True)
+    clt = snapshot(RELEASE)
+    if (s / "config.json").exists() and (clt / "config.yaml").exists():
+        return  # built by an earlier run: do not load the model just to find that out
     t0 = time.time()
     if not (s / "config.json").exists():
         torch.manual_seed(0)
@@ -70,9 +73,6 @@ def build(device: str = "cuda", model_kwargs: dict | None = None, dtype_name: st
         model.save_pretrained(s)
     else:
         model = Qwen3ForCausalLM.from_pretrained(s, dtype=dtype).to(dev)
-    clt = snapshot(RELEASE)
-    if (clt / "config.yaml").exists():
-        return
     tok = AutoTokenizer.from_pretrained(str(s))
     ids = torch.tensor([[151643] + tok(PROMPT).input_ids], device=dev)
     mlp_in = {}
