@@ -18,6 +18,10 @@ def cmd_doctor(args) -> int:
     st = qwen_interp.activation.state()
     print("plugins:", ", ".join(st.plugin_names) or "none "
           f"(limited by {qwen_interp.plugins.ENV_LOAD_PLUGINS})")
+    for name, why in st.skipped_plugins.items():  # a broken plugin is named, not a crash
+        print(f"  SKIPPED plugin {name!r}: {why}")
+    for text in st.plugin_warnings:
+        print(f"  WARNING: {text}")
     for table, owners in st.registry.owners.items():
         if owners:
             print(f"  {table}: {len(owners)} ({', '.join(sorted(set(owners.values())))})")
@@ -30,14 +34,18 @@ def cmd_doctor(args) -> int:
             continue
         if name in st.adapter_errors:
             print(f"  [{name}] FAILED and undone: {st.adapter_errors[name]}")
-        for line in adapter.status():
+        try:
+            lines = adapter.status()
+        except Exception as exc:  # noqa: BLE001 - a third-party adapter must not break doctor
+            lines = [f"status() raised {type(exc).__name__}: {exc}"]
+        for line in lines:
             print(f"  [{name}] {line}")
     bad = compat.warnings_for(versions)
     for warning in bad:
         print(f"WARNING: {warning}")
     if not bad:
         print("no known-bad versions installed")
-    return 1 if bad or st.adapter_errors else 0
+    return 1 if bad or st.adapter_errors or st.skipped_plugins or st.plugin_warnings else 0
 
 
 def cmd_models(args) -> int:
@@ -67,6 +75,9 @@ def cmd_saes(args) -> int:
 
 def cmd_trace(args) -> int:
     from . import trace
+    trace.check_prompt(args.prompt)
+    trace.check_output_dir(args.out)  # before any work: an unwritable --out fails now
+    trace.resolve_device(args.device)
     demo = args.model is None and args.transcoder is None
     model = args.model or trace.DEFAULT_MODEL
     transcoder = args.transcoder or trace.DEFAULT_TRANSCODER
@@ -92,16 +103,32 @@ def cmd_patches(args) -> int:
                 print(f"{name} {proj.pinned}  {patch.name:24} {patch.title}")
         return 0
     if not args.project:
-        print("render needs a project, e.g. `qwen-interp patches render transformer-lens`")
+        print(f"{args.action} needs a project, e.g. `qwen-interp patches {args.action} "
+              "transformer-lens`", file=sys.stderr)
         return 2
-    print(upstream.render(args.project, Path(args.against) if args.against else None))
-    return 0
+    against = Path(args.against) if args.against else None
+    if args.action == "render":
+        print(upstream.render(args.project, against))
+        return 0
+    target = against or f"the installed {args.project} {upstream.project(args.project).pinned}"
+    print(f"{args.project}: git apply --check of each patch, in order, against {target}")
+    results = upstream.check(args.project, against)
+    for r, result in results:
+        print(f"  {r.patch.name:28} {result}")
+    return 1 if any(result.startswith("FAILED") for _, result in results) else 0
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (argparse prints the whole usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .trace import SEED_PROMPT
-    parser = argparse.ArgumentParser(prog="qwen-interp", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="qwen-interp", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     sub.add_parser("doctor", help="versions, plugins, bridged gaps, known-bad versions"
                    ).set_defaults(func=cmd_doctor)
     sub.add_parser("models", help="registered models, transcoders and SAE releases"
@@ -118,20 +145,56 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backend", default="transformerlens", choices=["transformerlens", "nnsight"])
     t.add_argument("--device", default=None)
     t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    t.add_argument("--max-feature-nodes", type=int, default=8192)
-    t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--max-feature-nodes", type=positive_int, default=8192)
+    t.add_argument("--batch-size", type=positive_int, default=256)
     t.set_defaults(func=cmd_trace)
-    p = sub.add_parser("patches", help="upstream-ready patches: list, or render as a PR")
-    p.add_argument("action", choices=["list", "render"])
+    p = sub.add_parser("patches", help="upstream-ready patches: list, render as a PR, or check "
+                       "that they apply (git apply --check)")
+    p.add_argument("action", choices=["list", "render", "check"])
     p.add_argument("project", nargs="?", help="e.g. transformer-lens")
-    p.add_argument("--against", help="upstream checkout (default: the installed pinned release)")
+    p.add_argument("--against", help="root of an upstream checkout to render/check against "
+                   "(default: the installed pinned release)")
     p.set_defaults(func=cmd_patches)
     return parser
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+ENV_DEBUG = "QWEN_INTERP_DEBUG"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """Run one command. Every failure ends in one line on stderr and a non-zero exit code
+    (``QWEN_INTERP_DEBUG=1`` shows the traceback instead)."""
+    import os
+    args = build_parser().parse_args(argv)  # usage errors: argparse's one line, exit 2
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("qwen-interp: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's contract: one line, never a traceback
+        if os.environ.get(ENV_DEBUG, "") not in ("", "0"):
+            raise
+        print(f"qwen-interp {args.command}: error: {describe(exc)}", file=sys.stderr)
+        return 1
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an exception: its message, or its type when the message is empty. Errors of
+    unexpected types keep their type name, so a bug reads as one."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (ValueError, OSError, ImportError)):
+        return text
+    return f"{type(exc).__name__}: {text} (set {ENV_DEBUG}=1 for the traceback)"
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from pathlib import Path
 SEED_PROMPT = "Fact: The president of the United States in 2010 was"
 DEFAULT_MODEL = "Qwen/Qwen3-1.7B-Base"
 DEFAULT_TRANSCODER = "bluelightai/clt-qwen3-1.7b-base-20k"
+# `circuit-tracer start-server`'s default port (DEFAULT_SERVER_PORT in circuit_tracer/__main__.py).
+VIEWER_PORT = 8041
 
 
 def demo_hf_home() -> Path:
@@ -83,6 +85,42 @@ def top_nodes(graph, tokenizer, k: int = 10) -> list[Node]:
     return nodes[:k]
 
 
+def resolve_device(device: str | None):
+    """``--device`` as a torch device, refused up front when this machine does not have it."""
+    import torch
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"--device {device!r} is not a torch device ({exc})") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {device}: this machine has no CUDA device "
+                             "(torch.cuda.is_available() is False); use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"--device {device}: only {count} CUDA device(s) here")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {device}: expected cpu, cuda[:N] or mps")
+    return dev
+
+
+def check_prompt(prompt) -> str:
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be a str, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise ValueError("the prompt is empty: there is no token to attribute")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"the prompt is not valid text: {exc.object[exc.start:exc.end]!r} at "
+                         f"character {exc.start} (invalid UTF-8 on the command line?)") from None
+    return prompt
+
+
 def run_trace(model: str = DEFAULT_MODEL, transcoder: str = DEFAULT_TRANSCODER,
               prompt: str = SEED_PROMPT, out_dir: str | Path = "graph_files",
               backend: str = "transformerlens", device: str | None = None,
@@ -94,7 +132,7 @@ def run_trace(model: str = DEFAULT_MODEL, transcoder: str = DEFAULT_TRANSCODER,
     from circuit_tracer import ReplacementModel, attribute
     from circuit_tracer.utils.create_graph_files import create_graph_files
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     torch_dtype = getattr(torch, dtype)
     rm = ReplacementModel.from_pretrained(model, transcoder, backend=backend, device=dev,
                                           dtype=torch_dtype)
@@ -110,10 +148,46 @@ def run_trace(model: str = DEFAULT_MODEL, transcoder: str = DEFAULT_TRANSCODER,
     echo("top nodes by influence on the logits:")
     for node in nodes:
         echo(f"  {node.influence:9.4f}  {node.label}")
-    out_dir = Path(out_dir)
     slug = "qwen-trace"
-    create_graph_files(graph, slug=slug, output_path=str(out_dir), scan=graph.scan or transcoder)
-    graph.to_pt(str(out_dir / f"{slug}.pt"))
-    echo(f"graph files written to {out_dir}/ (open with `circuit-tracer start-server "
-         f"--graph_file_dir {out_dir}`)")
-    return {"graph": graph, "nodes": nodes, "out_dir": out_dir}
+    # circuit-tracer's add_graph_metadata asserts that os.path.dirname(out) exists, which is ""
+    # for a relative folder such as the default "graph_files": hand it an absolute path.
+    create_graph_files(graph, slug=slug, output_path=str(Path(out_dir).resolve()),
+                       scan=graph.scan or transcoder)
+    graph.to_pt(str(Path(out_dir) / f"{slug}.pt"))
+    for line in viewer_hint(out_dir, slug):
+        echo(line)
+    return {"graph": graph, "nodes": nodes, "out_dir": Path(out_dir)}
+
+
+def graph_files(out_dir: str | Path, slug: str = "qwen-trace") -> list[Path]:
+    """The files ``run_trace`` promises: circuit-tracer's graph JSON, the viewer's metadata index
+    and the graph itself (``Graph.from_pt``)."""
+    out = Path(out_dir)
+    return [out / f"{slug}.json", out / "graph-metadata.json", out / f"{slug}.pt"]
+
+
+def viewer_hint(out_dir: str | Path, slug: str = "qwen-trace") -> list[str]:
+    """What to run next, and what it needs. circuit-tracer's viewer page loads d3, dagre and pako
+    from transformer-circuits.pub and unpkg.com, so it renders only with internet access."""
+    return [f"graph files written to {out_dir}/: " + ", ".join(p.name for p in graph_files(
+                out_dir, slug)),
+            f"view them: circuit-tracer start-server --graph_file_dir {out_dir}  (then open "
+            f"http://localhost:{VIEWER_PORT}; the page loads its scripts from "
+            "transformer-circuits.pub and unpkg.com, so it needs internet access)",
+            f"offline: from circuit_tracer.graph import Graph; Graph.from_pt('{out_dir}/{slug}.pt')"]
+
+
+def check_output_dir(out_dir: str | Path) -> Path:
+    """Fail before any work if the graph files could not be written: the folder is created if
+    needed and a probe file is written and removed."""
+    import tempfile
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out_dir}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".qwen-interp-probe-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from None
+    return out

@@ -1,0 +1,150 @@
+"""The README's commands, run as a user types them: through the shell, from a fresh folder,
+relative paths, no extra flags. The commands are read from the README itself (the same reader
+`.ci/run` uses), so a command added to the README without a test here fails
+`test_every_readme_command_is_tested`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # the venv's console scripts: qwen-interp, circuit-tracer
+
+
+def _readme():
+    spec = importlib.util.spec_from_file_location("readme_commands",
+                                                  ROOT / ".ci" / "readme_commands.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def shell(command: str, cwd: Path, env: dict | None = None, timeout: int = 600):
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                **(env or {})}
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# README command (comments stripped) -> what its output must contain, on the built-in default.
+ON_DEFAULT = {
+    "qwen-interp models": ["models:", "Qwen/Qwen3-1.7B-Base", "bluelightai/clt-qwen3-1.7b-base-20k",
+                           "qwen-scope-3-1.7b-base-w32k-l50"],
+    "qwen-interp saes": ["qwen-scope-3-1.7b-base-w32k-l50", "layers 28"],
+    "qwen-interp doctor": ["plugins:", "upstream gaps bridged:", "no known-bad versions installed"],
+    "qwen-interp patches list": ["qwen3-base-names"],
+    "qwen-interp patches render transformer-lens": ["+++ b/transformer_lens/supported_models.py",
+                                                    "Qwen/Qwen3-1.7B-Base"],
+}
+# Commands tested elsewhere in this file, or that need what a test machine cannot have.
+ELSEWHERE = {
+    "qwen-interp trace": "test_trace_from_an_empty_folder_and_the_viewer_command",
+    "circuit-tracer start-server --graph_file_dir graph_files":
+        "test_trace_from_an_empty_folder_and_the_viewer_command",
+    "qwen-interp trace --model Qwen/Qwen3-1.7B-Base --transcoder bluelightai/clt-qwen3-1.7b-base-20k "
+    "--dtype bfloat16 --device cuda": "test_trace_on_real_checkpoints_fails_in_one_line_here",
+}
+
+
+def _tool_commands() -> list[str]:
+    module, text = _readme()
+    return [line.split(" #")[0].strip() for line in module.all_commands(text)
+            if line.startswith(("qwen-interp", "circuit-tracer"))]
+
+
+def test_two_commands_are_the_readme_blocks():
+    module, text = _readme()
+    two = module.two_commands(text)
+    assert two["main"].endswith("pip install -e . && qwen-interp trace")
+    assert two["test"].endswith('pip install -e ".[test]" && python -m pytest -q')
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 'bash -c "$main_job"' in ci and 'bash -c "$test_job"' in ci
+
+
+def test_every_readme_command_is_tested():
+    untested = [c for c in _tool_commands() if c not in ON_DEFAULT and c not in ELSEWHERE]
+    assert untested == []
+
+
+@pytest.mark.parametrize("command", sorted(ON_DEFAULT))
+def test_readme_command_on_the_builtin_default(command, tmp_path):
+    assert command in _tool_commands(), f"{command!r} is no longer in the README"
+    out = shell(command, tmp_path, env={"QWEN_INTERP_CACHE": str(tmp_path / "cache")})
+    assert out.returncode == 0, out.stdout + out.stderr
+    for marker in ON_DEFAULT[command]:
+        assert marker in out.stdout, (marker, out.stdout[-2000:])
+    assert "Traceback" not in out.stderr
+
+
+def test_trace_on_real_checkpoints_fails_in_one_line_here(tmp_path):
+    """The README's real-checkpoint trace needs the Hub (or a filled HF cache) and a GPU; here it
+    must end in one clear line, not a traceback, and write nothing."""
+    command = next(c for c in ELSEWHERE if "--device cuda" in c)
+    out = shell(command, tmp_path, env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qwen-interp trace: error: "), out.stderr
+    import torch
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in lines[0]
+    assert not (tmp_path / "graph_files" / "qwen-trace.json").exists()
+
+
+def _get(url: str, deadline: float) -> bytes:
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def test_trace_from_an_empty_folder_and_the_viewer_command(tmp_path):
+    """`qwen-interp trace`, no arguments, in an empty folder: exit 0 and the three files; then the
+    viewer command it prints serves the graph and its metadata from that relative folder."""
+    work = tmp_path / "work"
+    work.mkdir()
+    out = shell("qwen-interp trace", work, env={"QWEN_INTERP_CACHE": str(tmp_path / "cache")})
+    assert out.returncode == 0, out.stdout + out.stderr
+    files = {p.name for p in (work / "graph_files").iterdir()}
+    assert files == {"qwen-trace.json", "graph-metadata.json", "qwen-trace.pt"}
+    meta = json.loads((work / "graph_files" / "graph-metadata.json").read_text())
+    assert [g["slug"] for g in meta["graphs"]] == ["qwen-trace"]
+    viewer = "circuit-tracer start-server --graph_file_dir graph_files"
+    assert f"view them: {viewer}" in out.stdout
+    assert "needs internet access" in out.stdout  # the page's scripts come from CDNs
+
+    if shutil.which("circuit-tracer", path=str(BIN)) is None:
+        pytest.fail("circuit-tracer's console script is not installed next to this Python")
+    server = subprocess.Popen(["bash", "-c", f"exec {viewer}"], cwd=work,
+                              env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        announced = ""
+        while "Starting server on port" not in announced:
+            announced = server.stdout.readline()
+            assert announced, "start-server exited before announcing its port"
+        port = int(announced.rsplit(" ", 1)[1].rstrip(".\n"))
+        assert f"http://localhost:{port};" in out.stdout  # trace's hint names the right port
+        base = f"http://localhost:{port}"
+        deadline = time.monotonic() + 60
+        served_meta = json.loads(_get(f"{base}/data/graph-metadata.json", deadline))
+        assert served_meta == meta
+        served_graph = json.loads(_get(f"{base}/graph_data/qwen-trace.json", deadline))
+        assert served_graph == json.loads((work / "graph_files" / "qwen-trace.json").read_text())
+        assert b"Attribution Graphs" in _get(f"{base}/index.html", deadline)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
