@@ -74,3 +74,56 @@ def test_saes_lists_releases_and_cache(tmp_path):
     assert len(lines) == 14
     assert any(line.startswith("qwen-scope-3-1.7b-base-w32k-l50 ") and "layers 28" in line
                for line in lines)
+
+
+def _one_line_error(out, command="trace"):
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"qwen-interp {command}: error: "), lines[0]
+    return lines[0]
+
+
+def test_bad_arguments_fail_in_one_line_before_any_work(tmp_path):
+    env = {"QWEN_INTERP_CACHE": str(tmp_path / "cache")}
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    cases = {
+        ("--batch-size", "0"): "argument --batch-size: must be at least 1, got 0",
+        ("--max-feature-nodes", "lots"): "argument --max-feature-nodes: expected a whole number",
+        ("--device", "cuda:7"): "--device cuda:7: ",
+        ("--device", "tpu"): "--device 'tpu' is not a torch device",
+        ("--out", str(blocked)): f"--out {blocked}: exists and is not a folder",
+        ("--out", str(blocked / "graphs")): f"--out {blocked / 'graphs'}: cannot write there",
+        ("--prompt", "  "): "the prompt is empty",
+    }
+    for args, message in cases.items():
+        out = run_cli("trace", *args, env=env, tmp_path=tmp_path)
+        assert message in _one_line_error(out), (args, out.stderr)
+    # Nothing was started: no demo cache, no graph files.
+    assert not (tmp_path / "cache").exists()
+    assert not (tmp_path / "graph_files").exists()
+
+
+def test_checkpoint_and_setting_errors_are_one_line(tmp_path):
+    """A bad setting and a transcoder that does not fit end in one line, like argument errors."""
+    cache = tmp_path / "cache"
+    out = run_cli("trace", "--out", str(tmp_path / "g"), env={"QWEN_INTERP_CACHE": str(cache),
+                  "QWEN_INTERP_N_CTX": "abc"}, tmp_path=tmp_path)
+    assert "QWEN_INTERP_N_CTX='abc': expected a whole number" in _one_line_error(out)
+    # The demo Hub is built now; pair its model with a transcoder folder missing a layer.
+    bad = tmp_path / "clt"
+    snapshot = next((cache / "demo-hf" / "hub" / "models--bluelightai--clt-qwen3-1.7b-base-20k"
+                     / "snapshots").iterdir())
+    bad.mkdir()
+    for f in snapshot.iterdir():
+        if f.name != "W_enc_1.safetensors":
+            (bad / f.name).write_bytes(f.read_bytes())
+    out = run_cli("trace", "--model", "Qwen/Qwen3-1.7B-Base", "--transcoder", str(bad),
+                  "--out", str(tmp_path / "g"),
+                  env={"HF_HOME": str(cache / "demo-hf"), "HF_HUB_OFFLINE": "1"},
+                  tmp_path=tmp_path)
+    line = _one_line_error(out)
+    assert str(bad) in line and "W_enc_1" in line, line
+    assert not (tmp_path / "g" / "qwen-trace.json").exists()

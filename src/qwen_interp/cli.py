@@ -76,8 +76,9 @@ def cmd_saes(args) -> int:
 def cmd_trace(args) -> int:
     from . import trace
     trace.check_prompt(args.prompt)
-    trace.check_output_dir(args.out)  # before any work: an unwritable --out fails now
     trace.resolve_device(args.device)
+    trace.check_output_dir(args.out)  # before any work: an unwritable --out fails now
+    quiet_trust_remote_code_warning()
     demo = args.model is None and args.transcoder is None
     model = args.model or trace.DEFAULT_MODEL
     transcoder = args.transcoder or trace.DEFAULT_TRANSCODER
@@ -90,6 +91,17 @@ def cmd_trace(args) -> int:
                     backend=args.backend, device=args.device, dtype=args.dtype,
                     max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size)
     return 0
+
+
+def quiet_trust_remote_code_warning() -> None:
+    """TransformerLens logs "requires setting trust_remote_code=True" for every Qwen name; Qwen3
+    checkpoints need no remote code, so in the CLI's output that line is only noise."""
+    import logging
+
+    class Drop(logging.Filter):
+        def filter(self, record):
+            return "requires setting trust_remote_code" not in record.getMessage()
+    logging.getLogger().addFilter(Drop())
 
 
 def cmd_patches(args) -> int:

@@ -178,16 +178,24 @@ def viewer_hint(out_dir: str | Path, slug: str = "qwen-trace") -> list[str]:
 
 
 def check_output_dir(out_dir: str | Path) -> Path:
-    """Fail before any work if the graph files could not be written: the folder is created if
-    needed and a probe file is written and removed."""
+    """Fail before any work if the graph files could not be written there: a probe file is
+    written and removed, and folders made for the probe are removed again (``run_trace`` makes
+    them for real), so a check leaves nothing behind."""
     import tempfile
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out_dir}: exists and is not a folder")
+    made = [parent for parent in (out, *out.parents) if not parent.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".qwen-interp-probe-"):
             pass
     except OSError as exc:
         raise ValueError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from None
+    finally:
+        for folder in made:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
     return out
