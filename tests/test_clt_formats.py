@@ -1,8 +1,11 @@
-"""Every CLT format loads into circuit-tracer and computes FACTS.md §3's formulas.
+"""Every CLT format loads into circuit-tracer and computes the published formulas.
 
 Each native layout is written from the same random weights (``RawCLT``); the references below
-evaluate the published formulas with plain torch ops on those raw tensors (or, for the hub
-layout, on the tensors read back from the files), never through the code under test.
+evaluate the formulas of BluelightAI's reference loader (inference-clt,
+``src/inference_clt/inference_clt.py``; compared against that loader itself in
+``test_clt_native_reference.py``) and of circuit-tracer's hub layout with plain torch ops on those
+raw tensors (or, for the hub layout, on the tensors read back from the files), never through the
+code under test.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ def topk_rows(v, k):
 
 
 def native_reference(raw, xs, activation, k, cover, n_model):
-    """FACTS.md §3, BluelightAI semantics, mapped onto model layers ``cover``."""
+    """BluelightAI's semantics (``xs``: one prompt's positions), mapped onto model layers
+    ``cover``."""
     n = raw.n_layers
     pre = torch.stack([(xs[cover[i]] / raw.nf_in[i]) @ raw.W[i] + raw.b[i] for i in range(n)])
     if activation == "relu":
@@ -56,9 +60,8 @@ def native_reference(raw, xs, activation, k, cover, n_model):
         f = pre * (pre > raw.log_threshold.exp()[:, None, :])
     elif activation == "topk":
         f = topk_rows(torch.relu(pre), k)
-    else:  # topk_all: per position, over every layer's features
-        flat = torch.relu(pre).permute(1, 0, 2).reshape(pre.shape[1], -1)
-        f = topk_rows(flat, k).reshape(pre.shape[1], n, -1).permute(1, 0, 2)
+    else:  # topk_all: per layer, over all positions x features (relu(pre).flatten(-2, -1))
+        f = topk_rows(torch.relu(pre).flatten(-2, -1), k).reshape(pre.shape)
     feats = torch.zeros(n_model, xs.shape[1], raw.d_latent)
     out = torch.zeros(n_model, xs.shape[1], raw.d_model)
     for j in range(n):
@@ -134,7 +137,7 @@ def test_bf16_norm_factors_fold_exactly(tmp_path):
 
 
 def hub_reference(folder, xs, n):
-    """FACTS.md §3 hub semantics, from the tensors in the files."""
+    """circuit-tracer's hub-layout semantics, from the tensors in the files."""
     from safetensors.torch import load_file
     enc = [load_file(str(folder / f"W_enc_{i}.safetensors")) for i in range(n)]
     dec = [load_file(str(folder / f"W_dec_{i}.safetensors"))[f"W_dec_{i}"] for i in range(n)]

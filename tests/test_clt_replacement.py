@@ -39,7 +39,7 @@ def nn_model(clt_dir):
 
 
 @pytest.fixture(scope="module")
-def hf():
+def hf(clt_dir):  # clt_dir builds the model's offline snapshot too
     from transformers import AutoModelForCausalLM
     return AutoModelForCausalLM.from_pretrained(MODEL, torch_dtype=torch.float32).eval()
 
@@ -263,14 +263,13 @@ def test_topk_clt_attribution(activation, hf, ids, tmp_path, monkeypatch):
     pre = torch.stack([(xs[l] / raw.nf_in[l]) @ raw.W[l] + raw.b[l] for l in range(n)]).relu()
     if activation == "topk":
         keep = pre >= pre.topk(k, dim=-1).values[..., -1:]
-    else:
-        flat = pre.permute(1, 0, 2).reshape(len(ids), -1)
-        kth = flat.topk(k, dim=-1).values[:, -1]
-        keep = pre >= kth[None, :, None]
+    else:  # BluelightAI's reference: per layer, top k over all (position, feature) pairs
+        kth = pre.flatten(-2, -1).topk(k, dim=-1).values[:, -1]
+        keep = pre >= kth[:, None, None]
     keep &= pre > 0
     keep[:, 0] = False
     expected = {tuple(t) for t in keep.nonzero().tolist()}
     assert {tuple(t) for t in graph.active_features.tolist()} == expected
-    if activation == "topk_all":
-        with pytest.raises(NotImplementedError, match="topk_all"):
-            model.get_activations(ids[None])
+    # The per-layer APIs select the same features as attribute().
+    _, acts = model.get_activations(ids[None])
+    assert {tuple(t) for t in acts.nonzero().tolist()} == expected

@@ -3,7 +3,8 @@
 - ``circuit_tracer_hub``: circuit-tracer's own layout (``W_enc_{l}`` / ``W_dec_{l}``), with or
   without ``config.yaml``; validated, then loaded by upstream ``load_clt`` (or the top-k loader
   when a conversion-cache ``config.yaml`` says ``activation: topk``/``topk_all``).
-- ``bluelight_native``: BluelightAI's ``single_file`` / ``layer_weights`` layouts; validated,
+- ``bluelight_native``: BluelightAI's ``single_file`` / ``layer_weights`` layouts (a folder with
+  ``model_config.json``, the detection rule of BluelightAI's reference loader); validated,
   converted once into the cache (see ``cache.py``), then loaded like the hub layout, so the
   lazy decoder reads the converted per-layer files.
 """
@@ -77,18 +78,18 @@ def convert_native_folder(folder, release: TranscoderRelease | None = None, regi
                           model_name: str | None = None) -> Path:
     """Validate a native checkpoint and return its circuit-tracer-layout cache folder (converting
     it the first time). Nothing is written if validation fails."""
-    cfg = native.read_native_config(folder)
+    hooks = (release.feature_input_hook, release.feature_output_hook) if release else None
+    cfg = native.read_native_config(folder, default_hooks=hooks)
     model = model_name or cfg.base_model_name or (release and release.model_repo_id)
     facts = model_facts(model, registry)
-    native.validate_native(cfg, facts)
-    n_model_layers = facts.n_layers if facts else max(native.model_layers(cfg)) + 1
-    files = ["model_config.json", *cfg.files]
+    native.validate_native(cfg, facts)  # n_layers is the base model's: checked against facts
+    files = ["model_config.json", *cfg.files]  # the files read (a missing listed one is skipped)
     if cfg.layout == "layer_weights":
         files.append("manifest.json")
     key = cache.source_key(cfg.folder, files)
 
     def build(tmp: Path) -> None:
-        native.write_ct_layout(cfg, tmp, n_model_layers, model)
+        native.write_ct_layout(cfg, tmp, cfg.n_layers, model)
 
     name = release.repo_id if release else (model or "") + "-" + cfg.folder.name
     return cache.cached_build(name, key, build)

@@ -1,19 +1,31 @@
 """Top-k cross-layer transcoders in circuit-tracer, and the loader for circuit-tracer-layout
 folders (upstream ``load_clt`` knows only ReLU and JumpReLU).
 
-Attribution needs three things from a transcoder: the active features with their values
-(``encode_sparse``), their encoder rows (the direction a feature reads) and decoder rows. Given
-the active set, a top-k feature is linear in its pre-activation exactly like a JumpReLU feature,
-so circuit-tracer's attribution is exact for both variants once ``encode_sparse`` selects the
-right set:
+The two top-k activations of BluelightAI's CLTs, as BluelightAI's reference loader computes them
+(inference-clt, https://github.com/BlueLightAI/inference-clt, MIT,
+``src/inference_clt/inference_clt.py``, ``InferenceCLT._apply_activation``), on the layer-first
+pre-activations ``(n_layers, tokens, d_latent)`` its ``encode`` receives:
 
-- ``topk``: top k of ``relu(pre)`` per layer and position. It is a per-layer activation
-  function, so every circuit-tracer path works (``encode``, ``encode_layer``, ``encode_sparse``,
-  ``get_activations``, ``feature_intervention``).
-- ``topk_all``: top k of ``relu(pre)`` across all layers of a position. ``encode`` and
-  ``encode_sparse`` (used by ``attribute``) see all layers and are exact. A per-layer call
-  (``encode_layer``: ``get_activations``, ``feature_intervention``) cannot know the later layers
-  and raises instead of returning a wrong answer.
+- ``topk``: ``relu(pre).topk(k, dim=-1)``: top k over d_latent, per layer and token.
+- ``topk_all``: ``relu(pre).flatten(-2, -1).topk(k)``: the flattened dimensions are tokens and
+  d_latent, so it is the top k per *layer* over all tokens x features of one ``encode`` call
+  (not over the layers of one token, as the name might suggest).
+
+How circuit-tracer's calls map onto "the tokens of one call": the tokens are the positions of the
+one prompt the transcoder is given, i.e. the last two dimensions of every tensor circuit-tracer
+passes are (positions, d_latent) and the top k is taken per leading index (per layer in
+``encode``; per layer in ``encode_sparse``, which ``attribute`` uses; per prompt of the batch in
+``encode_layer``, which ``get_activations`` and ``feature_intervention`` use). Position 0 (the
+special token circuit-tracer prepends) takes part in the selection like every position the
+transcoder is given, and circuit-tracer zeroes its features afterwards, in every API alike.
+During ``feature_intervention_generate`` with a KV cache each step encodes only its new token,
+so its top k is over that token's features, as the reference's ``generate_with_activations``
+encodes each decoding step on its own. If a call has fewer than k features in all, all are kept
+(the reference's ``topk`` would raise).
+
+Given the active set, a top-k feature is linear in its pre-activation exactly like a JumpReLU
+feature, so circuit-tracer's attribution is exact for both variants, and every circuit-tracer
+path uses the activation through ``activation_function`` / ``apply_activation_function``.
 
 Self-contained (torch and circuit-tracer only): qwen-interp's upstream patch "topk-activation"
 copies this module into circuit-tracer as
@@ -29,69 +41,36 @@ from circuit_tracer.utils import get_default_device
 
 
 class TopKReLU(torch.nn.Module):
-    """Keep the k largest values of relu(x) along the last dimension, zero the rest."""
+    """Keep the k largest values of relu(x) over its last ``dims`` dimensions (per index of the
+    others), zero the rest. ``dims=1``: BluelightAI's ``topk``; ``dims=2``: its ``topk_all``."""
 
-    def __init__(self, k: int) -> None:
+    def __init__(self, k: int, dims: int = 1) -> None:
         super().__init__()
-        self.k = k
+        if dims not in (1, 2):
+            raise ValueError(f"dims must be 1 or 2, not {dims!r}")
+        self.k, self.dims = k, dims
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(x)
-        k = min(self.k, x.shape[-1])
-        idx = torch.topk(x, k, dim=-1).indices
-        return torch.zeros_like(x).scatter_(-1, idx, x.gather(-1, idx))
+        flat = x.flatten(-2, -1) if self.dims == 2 and x.ndim >= 2 else x
+        k = min(self.k, flat.shape[-1])
+        values, idx = flat.topk(k, dim=-1)
+        return torch.zeros_like(flat).scatter(-1, idx, values).reshape(x.shape)
 
     def extra_repr(self) -> str:
-        return f"k={self.k}"
-
-
-def topk_across_layers(pre: torch.Tensor, k: int) -> torch.Tensor:
-    """pre: (n_layers, n_pos, d_latent) -> top k of relu(pre) over layers x features per position."""
-    n_layers, n_pos, d_latent = pre.shape
-    flat = torch.relu(pre).permute(1, 0, 2).reshape(n_pos, n_layers * d_latent)
-    kept = TopKReLU(k)(flat)
-    return kept.reshape(n_pos, n_layers, d_latent).permute(1, 0, 2)
+        return f"k={self.k}, dims={self.dims}"
 
 
 class TopKCrossLayerTranscoder(CrossLayerTranscoder):
-    """A CrossLayerTranscoder whose activation is top-k, per layer or across layers."""
+    """A CrossLayerTranscoder whose activation is BluelightAI's ``topk`` (``scope="token"``) or
+    ``topk_all`` (``scope="tokens"``: per layer, over all positions of the prompt)."""
 
-    def __init__(self, *args, k: int, scope: str = "layer", **kwargs) -> None:
+    def __init__(self, *args, k: int, scope: str = "token", **kwargs) -> None:
         super().__init__(*args, activation_function="relu", **kwargs)
-        if scope not in ("layer", "all"):
-            raise ValueError(f"scope must be 'layer' or 'all', not {scope!r}")
+        if scope not in ("token", "tokens"):
+            raise ValueError(f"scope must be 'token' or 'tokens', not {scope!r}")
         self.k, self.scope = int(k), scope
-        self.activation_function = TopKReLU(self.k)
-
-    def encode(self, x):
-        if self.scope == "layer":
-            return super().encode(x)
-        W_enc = self._get_encoder_weights()
-        pre = torch.einsum("lbd,lfd->lbf", x, W_enc) + self.b_enc[:, None]
-        return topk_across_layers(pre, self.k)
-
-    def apply_activation_function(self, layer_id, features):
-        if self.scope == "layer":
-            return super().apply_activation_function(layer_id, features)
-        raise NotImplementedError(
-            "topk_all selects the top k across all layers of a position, so one layer alone "
-            "cannot be encoded: use attribute() or encode(x) with every layer's input. "
-            "get_activations/feature_intervention are not defined for topk_all CLTs.")
-
-    def encode_sparse(self, x, zero_positions: slice = slice(0, 1)):
-        if self.scope == "layer":
-            return super().encode_sparse(x, zero_positions=zero_positions)
-        # One (n_layers, n_pos, d_latent) dense block: small (28 x 15 x 20480 fp32 = 34 MB).
-        pre = torch.stack([
-            torch.einsum("bd,fd->bf", x[layer], self._get_encoder_weights(layer)) + self.b_enc[layer]
-            for layer in range(self.n_layers)])
-        feats = topk_across_layers(pre, self.k)
-        feats[:, zero_positions] = 0
-        sparse = feats.to_sparse().coalesce()
-        layer_idx, _, feat_idx = sparse.indices()
-        encoders = torch.cat([self._get_encoder_weights(layer)[feat_idx[layer_idx == layer]]
-                              for layer in range(self.n_layers)])
-        return sparse, encoders
+        self.activation_function = TopKReLU(self.k, dims=1 if scope == "token" else 2)
 
     def extra_repr(self) -> str:
         return f"k={self.k}, scope={self.scope!r}"
@@ -125,7 +104,7 @@ def load_ct_layout(folder, activation: str | None = None, k: int | None = None,
     with torch.device("meta"):
         clt = TopKCrossLayerTranscoder(
             n_layers, state["b_enc"].shape[1], d_model, k=int(k),
-            scope="all" if activation == "topk_all" else "layer",
+            scope="tokens" if activation == "topk_all" else "token",
             lazy_decoder=lazy_decoder, lazy_encoder=lazy_encoder,
             feature_input_hook=feature_input_hook, feature_output_hook=feature_output_hook,
             scan=scan, dtype=dtype, clt_path=str(folder))

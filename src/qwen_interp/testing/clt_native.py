@@ -2,9 +2,13 @@
 layout: BluelightAI's native ``single_file`` / ``layer_weights`` (config v1 or v2, decoder
 ``input_layer`` or ``output_layer``) and circuit-tracer's hub layout.
 
-The weights are kept in BluelightAI's parameterisation (``RawCLT``) so tests can evaluate the
-published formulas (FACTS.md §3) on them directly. Tensor names: see
-``qwen_interp_circuit_tracer.native``.
+The native checkpoints are written the way BluelightAI's reference loader reads them
+(inference-clt, https://github.com/BlueLightAI/inference-clt, MIT,
+``src/inference_clt/inference_clt.py``): its state-dict key names, shapes and dtypes, its
+``layer_weights`` key names (``W_enc``, ``b_enc``, ``norm_factor_in``, ``norm_factor_out``,
+``log_threshold``, ``b_dec``, ``W_dec_{layer}``) and manifest, and ``model_config.json`` v1/v2
+with ``n_layers`` the base model's layer count. The weights are kept in BluelightAI's
+parameterisation (``RawCLT``) so tests can also evaluate the published formulas on them.
 """
 
 from __future__ import annotations
@@ -56,63 +60,128 @@ def random_clt(n_layers: int, d_model: int, d_latent: int, seed: int = 0,
         b_dec=0.1 * torch.randn(n, d, generator=g))
 
 
+def state_dict(raw: RawCLT, *, decoder_layout: str = "input_layer",
+               activation: str = "jumprelu", nf_shape: str = "vector",
+               decoder_bias: bool = True) -> dict:
+    """The reference module's state dict (float32): ``encoder.W`` (n, d_in, d_latent),
+    ``encoder.b``, ``norm_factor_in``/``norm_factor_out`` (``nf_shape`` "vector": (n,),
+    "cube": (n, 1, 1)), ``activation.log_threshold`` (jumprelu), ``decoder.b`` (if
+    ``decoder_bias``) and ``decoder.decoders.{i}.W`` in ``decoder_layout``."""
+    import torch
+    n = raw.n_layers
+    shape = {"vector": (n,), "cube": (n, 1, 1)}[nf_shape]
+    out = {"encoder.W": raw.W, "encoder.b": raw.b, "norm_factor_in": raw.nf_in.reshape(shape),
+           "norm_factor_out": raw.nf_out.reshape(shape)}
+    if activation == "jumprelu":
+        out["activation.log_threshold"] = raw.log_threshold
+    if decoder_bias:
+        out["decoder.b"] = raw.b_dec
+    for i in range(n):
+        if decoder_layout == "input_layer":  # row r: layer i -> i + r
+            out[f"decoder.decoders.{i}.W"] = torch.stack([raw.W_dec[i, j] for j in range(i, n)])
+        elif decoder_layout == "output_layer":  # row s: layer s -> i
+            out[f"decoder.decoders.{i}.W"] = torch.stack([raw.W_dec[s, i] for s in range(i + 1)])
+        else:
+            raise ValueError(decoder_layout)
+    return out
+
+
 def write_native(folder, raw: RawCLT, *, layout: str = "single_file", config_version: int = 1,
                  decoder_layout: str = "input_layer", activation: str = "jumprelu",
-                 k: int | None = None, layer_indices=None, base_model_name: str | None = None,
-                 dtype: str = "float32", input_attr: str = "mlp.input",
-                 output_attr: str = "mlp.output") -> Path:
+                 k: int | None = None, layer_indices=None, n_layers: int | None = None,
+                 base_model_name: str | None = None, dtype: str = "float32",
+                 config_dtype: str | None = None, input_attr: str | None = "mlp.input",
+                 output_attr: str | None = "mlp.output", minimal_config: bool = False,
+                 nf_shape: str = "vector", decoder_bias: bool = True,
+                 manifest_layer_indices: bool = True) -> Path:
+    """Write ``raw`` as a BluelightAI native checkpoint in ``folder``.
+
+    - ``layer_indices``: the model layers the ``raw.n_layers`` covered layers sit at;
+      ``n_layers``: the base model's layer count (default: ``raw.n_layers``, or
+      ``max(layer_indices) + 1``).
+    - ``dtype``: the tensors' dtype; ``config_dtype``: the config's ``dtype`` (default the same).
+    - ``minimal_config``: leave out every key whose value is the reference's default (``k`` 0 or
+      unset, ``decoder_layout``/``layout`` ``output_layer``, ``dtype`` float32, ``layer_attr``
+      "layers", unset ``layer_indices``/attrs/``base_model_name`` in v1).
+    - ``layer_weights``: ``encoder.safetensors`` (``W_enc``, ``b_enc``, ``norm_factor_in``,
+      ``log_threshold``), ``decoder.safetensors`` (``b_dec``, ``norm_factor_out``) and
+      ``layer_{N}.safetensors`` (``W_dec_{N}``), N the model layer when the manifest carries
+      ``layer_indices`` (``manifest_layer_indices``), else the covered index.
+    """
     import torch
     from safetensors.torch import save_file
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tdtype = getattr(torch, dtype)
     n, d, F = raw.n_layers, raw.d_model, raw.d_latent
-
-    def dec(i):
-        if decoder_layout == "input_layer":
-            return torch.stack([raw.W_dec[i, j] for j in range(i, n)])
-        return torch.stack([raw.W_dec[s, i] for s in range(i + 1)])
-
-    def c(t):
-        return t.to(tdtype).contiguous()
+    li = None if layer_indices is None else [int(i) for i in layer_indices]
+    if li is not None and len(li) != n:
+        raise ValueError(f"{len(li)} layer_indices for {n} covered layers")
+    n_base = n_layers if n_layers is not None else (n if li is None else max(li) + 1)
+    sd = {key: t.to(tdtype).contiguous() for key, t in state_dict(
+        raw, decoder_layout=decoder_layout, activation=activation, nf_shape=nf_shape,
+        decoder_bias=decoder_bias).items()}
 
     if layout == "single_file":
-        tensors = {"encoder.W": c(raw.W), "encoder.b": c(raw.b), "decoder.b": c(raw.b_dec),
-                   "norm_factor_in": c(raw.nf_in), "norm_factor_out": c(raw.nf_out)}
-        if activation == "jumprelu":
-            tensors["encoder.log_threshold"] = c(raw.log_threshold)
-        tensors.update({f"decoder.W.{i}": c(dec(i)) for i in range(n)})
-        save_file(tensors, str(folder / "clt.safetensors"))
+        save_file(sd, str(folder / "clt.safetensors"))
     elif layout == "layer_weights":
+        saved = {"encoder.W": "W_enc", "encoder.b": "b_enc", "norm_factor_in": "norm_factor_in",
+                 "activation.log_threshold": "log_threshold", "decoder.b": "b_dec",
+                 "norm_factor_out": "norm_factor_out"}
+        parts = {"encoder.safetensors": ("encoder.W", "encoder.b", "norm_factor_in",
+                                         "activation.log_threshold"),
+                 "decoder.safetensors": ("decoder.b", "norm_factor_out")}
         files = []
+        for name, keys in parts.items():
+            save_file({saved[key]: sd[key] for key in keys if key in sd}, str(folder / name))
+            files.append(name)
+        in_manifest = li if manifest_layer_indices else None
         for i in range(n):
-            t = {"encoder.W": c(raw.W[i]), "encoder.b": c(raw.b[i]), "decoder.b": c(raw.b_dec[i]),
-                 "norm_factor_in": c(raw.nf_in[i]), "norm_factor_out": c(raw.nf_out[i]),
-                 "decoder.W": c(dec(i))}
-            if activation == "jumprelu":
-                t["encoder.log_threshold"] = c(raw.log_threshold[i])
-            files.append(f"layer_{i}.safetensors")
-            save_file(t, str(folder / files[-1]))
+            N = in_manifest[i] if in_manifest is not None else i
+            files.append(f"layer_{N}.safetensors")
+            save_file({f"W_dec_{N}": sd[f"decoder.decoders.{i}.W"]}, str(folder / files[-1]))
         manifest = {"format": "layer_weights", "decoder_type": decoder_layout, "files": files}
-        if layer_indices is not None:
-            manifest["layer_indices"] = list(layer_indices)
+        if in_manifest is not None:
+            manifest["layer_indices"] = in_manifest
         (folder / "manifest.json").write_text(json.dumps(manifest))
     else:
         raise ValueError(layout)
-    li = None if layer_indices is None else list(layer_indices)
+
+    cdtype = config_dtype or dtype
+    keep_k = k is not None and not (minimal_config and k == 0)
     if config_version == 1:
-        cfg = {"n_layers": n, "d_in": d, "d_latent": F, "activation": activation, "k": k,
-               "decoder_layout": decoder_layout, "base_model_name": base_model_name,
+        cfg = {"n_layers": n_base, "d_in": d, "d_latent": F, "activation": activation,
+               "k": k, "decoder_layout": decoder_layout, "base_model_name": base_model_name,
                "input_attr": input_attr, "output_attr": output_attr, "layer_indices": li,
-               "dtype": dtype}
+               "dtype": cdtype}
+        if minimal_config:
+            for key, default in (("decoder_layout", "output_layer"), ("dtype", "float32"),
+                                 ("base_model_name", None), ("input_attr", None),
+                                 ("output_attr", None), ("layer_indices", None)):
+                if cfg[key] == default:
+                    del cfg[key]
+        if not keep_k:
+            del cfg["k"]
     else:
+        hook_points = {"layer_attr": "layers", "input": {"attr": input_attr, "dim": d},
+                       "output": {"attr": output_attr, "dim": d}, "layer_indices": li}
+        act = {"type": activation, "k": k}
+        decoder = {"layout": decoder_layout}
         cfg = {"config_version": 2,
-               "base_model": {"name": base_model_name, "n_layers": n, "hook_points": {
-                   "layer_attr": "model.layers", "input": {"attr": input_attr, "dim": d},
-                   "output": {"attr": output_attr, "dim": d}, "layer_indices": li}},
-               "architecture": {"d_latent": F, "activation": {"type": activation, "k": k},
-                                "decoder": {"layout": decoder_layout}},
-               "dtype": dtype}
+               "base_model": {"name": base_model_name, "n_layers": n_base,
+                              "hook_points": hook_points},
+               "architecture": {"d_latent": F, "activation": act, "decoder": decoder},
+               "dtype": cdtype}
+        if minimal_config:
+            del hook_points["layer_attr"]
+            if li is None:
+                del hook_points["layer_indices"]
+            if decoder_layout == "output_layer":
+                del decoder["layout"]
+            if cdtype == "float32":
+                del cfg["dtype"]
+        if not keep_k:
+            del act["k"]
     (folder / "model_config.json").write_text(json.dumps(cfg))
     return folder
 
