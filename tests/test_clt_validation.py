@@ -94,15 +94,19 @@ def test_native_non_finite_threshold(tmp_path, cache_dir):
     raw = random_clt(N, D, F)
     raw.log_threshold[1, 3] = float("inf")
     src = write_native(tmp_path / "src", raw, base_model_name=model_dir(tmp_path))
-    expect_error(src, cache_dir, "clt.safetensors", "encoder.log_threshold", "non-finite")
+    expect_error(src, cache_dir, "clt.safetensors", "activation.log_threshold", "non-finite")
 
 
-def test_native_wrong_dtype(tmp_path, cache_dir):
-    src = write_native(tmp_path / "src", random_clt(N, D, F), base_model_name=model_dir(tmp_path))
-    cfg = json.loads((src / "model_config.json").read_text())
-    cfg["dtype"] = "bfloat16"
-    (src / "model_config.json").write_text(json.dumps(cfg))
-    expect_error(src, cache_dir, "clt.safetensors", "encoder.W", "dtype float32")
+def test_native_non_float_tensor(tmp_path, cache_dir):
+    """BluelightAI's reader casts every tensor to the config's dtype, so a float dtype other than
+    the config's loads; a tensor that is not floating point cannot be a weight."""
+    raw = random_clt(N, D, F)
+    src = write_native(tmp_path / "src", raw, base_model_name=model_dir(tmp_path))
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(src / "clt.safetensors")
+    tensors["encoder.W"] = tensors["encoder.W"].to(torch.int32)
+    save_file(tensors, src / "clt.safetensors")
+    expect_error(src, cache_dir, "clt.safetensors", "encoder.W", "dtype I32 is not a float type")
 
 
 # --- hub layout ---------------------------------------------------------------------------
@@ -171,3 +175,127 @@ def test_registered_clt_for_the_wrong_model_fails_before_loading(monkeypatch):
     with pytest.raises(TranscoderValidationError, match="trained on Qwen/Qwen3-1.7B-Base, not on "
                                                         "Qwen/Qwen3-0.6B-Base"):
         ReplacementModel.from_pretrained("Qwen/Qwen3-0.6B-Base", "bluelight-qwen3-1.7b")
+
+
+def test_hub_negative_threshold(tmp_path, cache_dir):
+    """circuit-tracer would fire features at negative values; BluelightAI's reference clamps the
+    threshold to 1e-12. The readers disagree, so the file is refused."""
+    from safetensors.torch import load_file, save_file
+    folder = hub(tmp_path)
+    path = folder / "W_enc_1.safetensors"
+    tensors = load_file(str(path))
+    tensors["threshold_1"][5] = -0.25
+    save_file(tensors, str(path))
+    err = expect_error(folder, cache_dir, "W_enc_1.safetensors", "threshold_1",
+                       "1 negative JumpReLU thresholds (first at feature 5: -0.25)")
+    assert "must be >= 0" in str(err)
+
+
+# --- crafted safetensors headers: 8-byte little-endian header length + JSON + data ------------
+def write_crafted(path, tensors, edit=None, header_length=None, data_extra=b""):
+    """Write ``tensors`` the way the safetensors format lays them out (contiguous data in
+    header order), after ``edit(header)`` has broken the header."""
+    import struct
+    header, data, offset = {}, b"", 0
+    for name, t in tensors.items():
+        raw = t.contiguous().numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        data, offset = data + raw, offset + len(raw)
+    if edit is not None:
+        header = edit(header) or header
+    text = json.dumps(header).encode()
+    n = len(text) if header_length is None else header_length
+    path.write_bytes(struct.pack("<Q", n) + text + data + data_extra)
+
+
+def crafted_case(tmp_path, cache_dir, tensor, message, **kwargs):
+    from safetensors.torch import load_file
+    folder = hub(tmp_path)
+    path = folder / "W_enc_1.safetensors"
+    tensors = {k: v.float() for k, v in load_file(str(path)).items()}
+    write_crafted(path, tensors, **kwargs)
+    return expect_error(folder, cache_dir, "W_enc_1.safetensors", tensor, message)
+
+
+def test_crafted_header_is_a_list(tmp_path, cache_dir):
+    crafted_case(tmp_path, cache_dir, None, "the header is a JSON list, expected an object",
+                 edit=lambda h: [h])
+
+
+def test_crafted_header_missing_data_offsets(tmp_path, cache_dir):
+    crafted_case(tmp_path, cache_dir, "b_enc_1", "bad header entry: no 'data_offsets'",
+                 edit=lambda h: h["b_enc_1"].pop("data_offsets") and None)
+
+
+def test_crafted_header_length_beyond_file(tmp_path, cache_dir):
+    crafted_case(tmp_path, cache_dir, None, "header length field says 99999999 bytes",
+                 header_length=99_999_999)
+
+
+def test_crafted_file_shorter_than_length_field(tmp_path, cache_dir):
+    folder = hub(tmp_path)
+    (folder / "W_enc_1.safetensors").write_bytes(b"\x10\x00\x00")
+    err = expect_error(folder, cache_dir, "W_enc_1.safetensors", None,
+                       "shorter than the 8-byte header length")
+    assert "3 bytes" in str(err)
+
+
+def test_crafted_reversed_offsets(tmp_path, cache_dir):
+    def edit(h):
+        h["b_dec_1"]["data_offsets"].reverse()
+    crafted_case(tmp_path, cache_dir, "b_dec_1", "are reversed", edit=edit)
+
+
+def test_crafted_negative_offsets(tmp_path, cache_dir):
+    def edit(h):
+        h["b_enc_1"]["data_offsets"] = [-8, h["b_enc_1"]["data_offsets"][1]]
+    crafted_case(tmp_path, cache_dir, "b_enc_1", "is not two non-negative integers", edit=edit)
+
+
+def test_crafted_overlapping_offsets(tmp_path, cache_dir):
+    def edit(h):  # b_enc_1 re-uses the last bytes of the tensor before it
+        start, stop = h["b_enc_1"]["data_offsets"]
+        h["b_enc_1"]["data_offsets"] = [start - 4, stop - 4]
+    crafted_case(tmp_path, cache_dir, "b_enc_1", "overlaps the previous tensor", edit=edit)
+
+
+def test_crafted_offsets_beyond_file(tmp_path, cache_dir):
+    def edit(h):  # the last tensor claims 4 more floats, past the end of the file
+        last = max(h, key=lambda k: h[k]["data_offsets"][1])
+        start, stop = h[last]["data_offsets"]
+        h[last]["shape"] = [(stop - start) // 4 + 4]
+        h[last]["data_offsets"] = [start, stop + 16]
+        names.append(last)
+    names = []
+    err = crafted_case(tmp_path, cache_dir, ANY, "file is truncated", edit=edit)
+    assert err.tensor == names[0]
+
+
+def test_crafted_offsets_do_not_match_shape(tmp_path, cache_dir):
+    def edit(h):
+        h["b_dec_1"]["shape"] = [3]
+    crafted_case(tmp_path, cache_dir, "b_dec_1", f"but F32 [3] needs 12", edit=edit)
+
+
+def test_header_reader_agrees_with_safetensors(tmp_path):
+    """Every crafted file above is also refused by the safetensors library itself, and a
+    well-formed one passes both."""
+    import torch
+    from safetensors import safe_open
+    from qwen_interp_circuit_tracer.safetensors_header import read_header
+    tensors = {"a": torch.ones(2, 3), "b": torch.zeros(4)}
+    good = tmp_path / "good.safetensors"
+    write_crafted(good, tensors)
+    assert read_header(good)["a"].shape == (2, 3)
+    with safe_open(str(good), framework="pt") as f:
+        assert sorted(f.keys()) == ["a", "b"]
+    gap = tmp_path / "gap.safetensors"
+    write_crafted(gap, tensors, edit=lambda h: h["b"].update(data_offsets=[28, 44]),
+                  data_extra=b"\0" * 4)
+    for path in (gap,):
+        from qwen_interp_circuit_tracer import TranscoderValidationError
+        with pytest.raises(TranscoderValidationError, match="leaves a gap"):
+            read_header(path)
+        with pytest.raises(Exception):
+            safe_open(str(path), framework="pt")

@@ -9,7 +9,9 @@ What it changes (all through a PatchSet; ``deactivate()`` restores upstream exac
    format, with validation first; any other reference, or a release already in circuit-tracer's
    own cache (``save_transcoders_to_cache``), goes to upstream unchanged.
    ``ReplacementModel.from_pretrained`` refuses a registered CLT paired with another registered
-   model before loading anything. ``TransformerLensReplacementModel.__del__`` no longer prints an
+   model, and an unknown model name or dtype, before loading anything (string dtypes such as
+   "bfloat16" are converted); while it loads the CLT, the CLT's width and ``config.yaml`` hook
+   names are checked against that model before any weight is read. ``TransformerLensReplacementModel.__del__`` no longer prints an
    ignored TypeError at interpreter exit.
 2. nnsight hook points for Qwen3: circuit-tracer maps only ``mlp.hook_in``/``mlp.hook_out``; the
    adapter adds the missing ``hook_resid_mid`` and ``hook_mlp_out`` (never overriding an
@@ -24,6 +26,10 @@ What it changes (all through a PatchSet; ``deactivate()`` restores upstream exac
    adapter prefixes ``<|endoftext|>`` to *string* inputs of those methods (unless the string
    already starts with a special token), so positions in every API equal positions in
    ``graph.input_tokens``. Token-id inputs are passed through unchanged (caller's choice).
+4. Prompts (Qwen models): ``attribute()`` (through ``ensure_tokenized``), ``get_activations``,
+   ``feature_intervention`` and ``feature_intervention_generate`` refuse bytes, lone surrogates,
+   empty prompts and (TransformerLens backend) more tokens than n_ctx with one InputError
+   before the model runs.
 
 Parts circuit-tracer already has (qwen-interp's upstream patches, detected by ``upstream_parts``)
 are not applied again, and ``status()`` says "already upstream": native formats and top-k CLTs
@@ -33,8 +39,13 @@ folders stay here), and a method that already tokenizes strings is left unwrappe
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import difflib
 import functools
+import inspect
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from qwen_interp import import_watch
@@ -80,6 +91,29 @@ def release_for_folder(folder: Path, registry):
     return None
 
 
+@dataclass(frozen=True)
+class Pairing:
+    """The model a CLT is being loaded for (``backend`` None: not known)."""
+
+    model_name: str
+    backend: str | None = "transformerlens"
+
+
+# Set by ReplacementModel.from_pretrained and Session.from_pretrained while they load the CLT,
+# so the loader checks its width and hook names against that model before reading weights.
+_PAIRING: contextvars.ContextVar[Pairing | None] = contextvars.ContextVar(
+    "qwen_interp_clt_pairing", default=None)
+
+
+@contextlib.contextmanager
+def paired_with(model_name, backend: str | None = "transformerlens"):
+    token = _PAIRING.set(Pairing(str(model_name), backend))
+    try:
+        yield
+    finally:
+        _PAIRING.reset(token)
+
+
 def make_loader(original):
     """The wrapper around upstream ``load_transcoder_from_hub``. It reads the registry at call
     time, so a reference imported before a plugin was registered still sees the plugin."""
@@ -98,11 +132,15 @@ def make_loader(original):
                                      cache_dir=cache_dir, use_cache=use_cache)
         kwargs = dict(device=device, dtype=dtype, lazy_encoder=lazy_encoder,
                       lazy_decoder=lazy_decoder)
+        pairing = _PAIRING.get()
+        if pairing is not None:  # validate against the model it is loaded for
+            kwargs["model_name"] = pairing.model_name
         ref = str(hf_ref)
         local = Path(ref).expanduser()
         if local.is_dir():
-            return load_folder(local, registry, release=release_for_folder(local, registry),
-                               **kwargs)
+            release = release_for_folder(local, registry)
+            check_config_hooks(local, release, pairing, registry)
+            return load_folder(local, registry, release=release, **kwargs)
         name, _, revision = ref.partition("@")
         try:
             release = registry.transcoder_release(name)
@@ -115,6 +153,7 @@ def make_loader(original):
         folder = snapshot_download(release.repo_id, revision=revision or None,
                                    allow_patterns=["*.safetensors", "*.yaml", "*.json"],
                                    ignore_patterns=["features/*"])
+        check_config_hooks(Path(folder), release, pairing, registry)
         clt, config = load_folder(Path(folder), registry, release=release,
                                   scan=release.repo_id, **kwargs)
         config.update(repo_id=release.repo_id, revision=revision or None, subfolder=None)
@@ -122,6 +161,143 @@ def make_loader(original):
 
     load_transcoder_from_hub.__qwen_interp_original__ = original
     return load_transcoder_from_hub
+
+
+def check_config_hooks(folder: Path, release, pairing: Pairing | None, registry) -> None:
+    """The hooks a ``config.yaml`` names must be hook points of the model's blocks (on the
+    backend that will run it), checked before any weight is read. The model is the paired one,
+    else the config's ``model_name``, else the release's; with none known, nothing is checked."""
+    import yaml
+
+    from .validate import check_hook_names
+    path = folder / "config.yaml"
+    try:
+        cfg = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return  # the format's loader reports an unreadable config.yaml
+    if not isinstance(cfg, dict):
+        return
+    hooks = {key: cfg[key] for key in ("feature_input_hook", "feature_output_hook") if key in cfg}
+    model = (pairing and pairing.model_name) or cfg.get("model_name") or (
+        release and release.model_repo_id)
+    if not hooks or not model:
+        return
+    backend = pairing.backend if pairing else None
+    valid = block_hook_names(str(model), backend, registry)
+    if valid is not None:
+        check_hook_names(path, hooks, valid, f"{model} ({backend or 'any'} backend)")
+
+
+def block_hook_names(model_name: str, backend: str | None, registry) -> frozenset[str] | None:
+    """Hook names inside one block that circuit-tracer can attach a transcoder to, for
+    ``backend`` ("transformerlens", "nnsight", or None for either); None if not derivable."""
+    names: set[str] = set()
+    if backend in (None, "transformerlens"):
+        tl = _tl_block_hook_names(model_name)
+        if tl is None:  # e.g. offline without the model's config: cannot judge
+            return None
+        names |= tl
+    if backend in (None, "nnsight"):
+        arch = _architecture(model_name, registry)
+        try:
+            from circuit_tracer.utils.tl_nnsight_mapping import get_mapping
+            names |= set(get_mapping(arch).feature_hook_mapping) if arch else set()
+        except Exception:  # noqa: BLE001 - no mapping for this architecture: upstream says so
+            if backend is not None:
+                return None
+    return frozenset(names) or None
+
+
+@functools.lru_cache(maxsize=32)
+def _tl_block_hook_names(model_name: str) -> frozenset[str] | None:
+    """HookedTransformer's hook points in one block of ``model_name``, from its config alone
+    (one block built on the meta device: no memory), with circuit-tracer's MLP wrapper
+    (``mlp.hook_in``/``mlp.hook_out`` around ``mlp.old_mlp``) applied."""
+    import torch
+    try:
+        from transformer_lens import loading_from_pretrained as loading
+        from transformer_lens.components import TransformerBlock
+        from transformer_lens.hook_points import HookPoint
+        cfg = loading.get_pretrained_model_config(model_name)
+        with torch.device("meta"):
+            block = TransformerBlock(cfg, 0)
+    except Exception:  # noqa: BLE001 - not derivable here: TransformerLens reports it later
+        return None
+    names = {n for n, m in block.named_modules() if isinstance(m, HookPoint)}
+    names = {"mlp.old_mlp." + n[4:] if n.startswith("mlp.") else n for n in names}
+    return frozenset(names | {"mlp.hook_in", "mlp.hook_out"})
+
+
+def _architecture(model_name: str, registry) -> str | None:
+    try:
+        return registry.model(model_name).architecture
+    except KeyError:
+        pass
+    config = _hf_config(model_name)
+    return (config.get("architectures") or [None])[0] if config else None
+
+
+def _hf_config(model_name: str) -> dict | None:
+    """``config.json`` of a local checkpoint folder or a Hub repo (cache or download); None
+    if there is none."""
+    import json
+    local = Path(model_name).expanduser() / "config.json"
+    try:
+        if local.is_file():
+            return json.loads(local.read_text())
+        from huggingface_hub import hf_hub_download
+        return json.loads(Path(hf_hub_download(model_name, "config.json")).read_text())
+    except Exception:  # noqa: BLE001 - missing, offline and uncached, or not a repo id
+        return None
+
+
+def check_model_name(model_name, backend: str = "transformerlens") -> None:
+    """The model must exist for ``backend`` before anything is loaded (a typo would otherwise
+    be reported only after the whole CLT was read): a local checkpoint folder, a name
+    TransformerLens knows (its backend), or a Hub repo with a ``config.json`` (nnsight)."""
+    import qwen_interp
+    from qwen_interp.errors import InputError
+    name = str(model_name)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise InputError(f"model {name!r}: a folder without config.json, not a checkpoint")
+        return
+    if backend == "transformerlens":
+        from transformer_lens import loading_from_pretrained as loading
+        try:
+            loading.get_official_model_name(name)
+            return
+        except ValueError:
+            known = [*loading.OFFICIAL_MODEL_NAMES,
+                     *(a for names in loading.MODEL_ALIASES.values() for a in names)]
+        where = "is not a model TransformerLens knows nor a local checkpoint folder"
+    else:
+        if _hf_config(name) is not None:
+            return
+        known = [s.repo_id for s in qwen_interp.registry().models.values()]
+        where = ("has no config.json: not a local checkpoint folder nor a Hub repo (with "
+                 "HF_HUB_OFFLINE=1: not in the local cache)")
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.75)
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    raise InputError(f"model {name!r} {where}{hint} Nothing was loaded.")
+
+
+def preflight(model_name, transcoder_set, backend: str = "transformerlens") -> None:
+    """Every check that needs neither the CLT's weights nor the model's: the model exists, and a
+    registered CLT is paired with its own model."""
+    from qwen_interp.errors import InputError
+    check_pairing(model_name, transcoder_set)
+    try:
+        check_model_name(model_name, backend)
+    except InputError as exc:
+        import qwen_interp
+        try:
+            release = qwen_interp.registry().transcoder_release(str(transcoder_set).partition("@")[0])
+        except KeyError:
+            raise exc from None
+        raise InputError(f"{exc} (the CLT {release.repo_id} was trained on "
+                         f"{release.model_repo_id})") from None
 
 
 def check_pairing(model_name, transcoder_set) -> None:
@@ -142,12 +318,22 @@ def check_pairing(model_name, transcoder_set) -> None:
 
 def with_model_check(from_pretrained):
     """Wrap ``ReplacementModel.from_pretrained`` so that a registered CLT paired with another
-    registered model fails at once, before either is loaded (not later with a shape error)."""
+    registered model, an unknown model name or an unknown dtype fails at once, before either is
+    loaded (not later with a shape error); string dtypes are converted, and the CLT is loaded
+    paired with the model (its width and hook names are checked against it)."""
+
+    signature = inspect.signature(from_pretrained)
 
     @functools.wraps(from_pretrained)
     def wrapper(cls, model_name, transcoder_set, *args, **kwargs):
-        check_pairing(model_name, transcoder_set)
-        return from_pretrained(cls, model_name, transcoder_set, *args, **kwargs)
+        from qwen_interp.inputs import torch_dtype
+        bound = signature.bind(cls, model_name, transcoder_set, *args, **kwargs)
+        if "dtype" in bound.arguments:  # "bfloat16" would fail only after the CLT was read
+            bound.arguments["dtype"] = torch_dtype(bound.arguments["dtype"])
+        backend = bound.arguments.get("backend", "transformerlens")
+        preflight(model_name, transcoder_set, backend)
+        with paired_with(model_name, backend):
+            return from_pretrained(*bound.args, **bound.kwargs)
 
     return classmethod(wrapper)
 
@@ -173,6 +359,32 @@ def with_first_position(method, architectures):
         if isinstance(inputs, str) and getattr(self.cfg, "original_architecture", None) in architectures:
             inputs = first_position_prefix(self.tokenizer, inputs)
         return method(self, inputs, *args, **kwargs)
+
+    return wrapper
+
+
+def with_prompt_check(method, architectures):
+    """Wrap ``ensure_tokenized`` (what ``attribute()`` tokenizes with) or a string-input method
+    so that, for Qwen models, bytes, lone surrogates, empty prompts and (TransformerLens
+    backend) sequences longer than n_ctx are one clear InputError before the model runs."""
+
+    @functools.wraps(method)
+    def wrapper(self, inputs, *args, **kwargs):
+        if getattr(self.cfg, "original_architecture", None) not in architectures:
+            return method(self, inputs, *args, **kwargs)
+        from qwen_interp.inputs import check_length, check_prompt
+        # ensure_tokenized is what attribute() tokenizes its prompt with
+        what = "prompt" if method.__name__ == "ensure_tokenized" else f"{method.__name__} input"
+        check_prompt(inputs, what)
+        n_ctx = getattr(self.cfg, "n_ctx", None) if getattr(self, "backend", None) == \
+            "transformerlens" else None
+        if method.__name__ != "ensure_tokenized":
+            if hasattr(inputs, "shape"):  # token ids; strings are checked by to_tokens
+                check_length(inputs.shape[-1], n_ctx, what)
+            return method(self, inputs, *args, **kwargs)
+        tokens = method(self, inputs, *args, **kwargs)
+        check_length(tokens.shape[-1], n_ctx, what)
+        return tokens
 
     return wrapper
 
@@ -252,6 +464,7 @@ class CircuitTracerAdapter:
         if cls_name:
             cls = getattr(mod, cls_name)
             self._patch_first_position(cls, cls_name)
+            self._patch_prompt_checks(cls)
             if "__del__" in cls.__dict__:
                 self._patches.setattr(cls, "__del__", quiet_at_exit(cls.__dict__["__del__"]))
 
@@ -267,6 +480,12 @@ class CircuitTracerAdapter:
                                f"in {done} (stood down)")
         if len(done) < len(methods):
             self.report.append(f"{cls_name}: <|endoftext|> first position for Qwen string inputs")
+
+    def _patch_prompt_checks(self, cls) -> None:
+        archs = {spec.architecture for spec in self._registry.models.values()}
+        for meth in ("ensure_tokenized", *STRING_INPUT_METHODS):
+            if meth in cls.__dict__:  # wraps the first-position wrapper: checked before it
+                self._patches.setattr(cls, meth, with_prompt_check(cls.__dict__[meth], archs))
 
     def _patch_nnsight_mapping(self) -> None:
         import importlib

@@ -77,6 +77,34 @@ def check_finite(path, name, tensor) -> None:
         raise TranscoderValidationError(path, name, f"non-finite value at index {bad}")
 
 
+def check_hook_names(path, hooks: dict, valid, model: str) -> None:
+    """Each ``config.yaml`` hook (``feature_input_hook``/``feature_output_hook`` -> name inside a
+    block) must be one of the model's ``valid`` block hook names."""
+    import difflib
+    for key, name in hooks.items():
+        if name not in valid:
+            close = difflib.get_close_matches(str(name), sorted(valid), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+            raise TranscoderValidationError(
+                path, key, f"{name!r} is not a hook point in the blocks of {model}{hint} "
+                f"Hook points there: {sorted(valid)}")
+
+
+def check_non_negative(path, name, threshold) -> None:
+    """A JumpReLU threshold below 0 lets features fire with negative values. Its readers
+    disagree on such a file: circuit-tracer's ``load_clt`` uses the value as is, BluelightAI's
+    reference loader (inference-clt, src/inference_clt/inference_clt.py) stores
+    ``log(threshold.clamp_min(1e-12))``, i.e. treats it as ~0. BluelightAI trains
+    ``log_threshold``, so its thresholds are positive by construction: a negative one is a
+    broken file, refused rather than read either way. Zero (plain ReLU) is accepted."""
+    negative = threshold < 0
+    if negative.any():
+        first = int(negative.nonzero()[0, 0])
+        raise TranscoderValidationError(
+            path, name, f"{int(negative.sum())} negative JumpReLU thresholds (first at feature "
+            f"{first}: {float(threshold[first]):g}); thresholds must be >= 0")
+
+
 def validate_hub_layout(folder: str | Path, model: ModelFacts | None = None) -> HubLayoutInfo:
     """Check a circuit-tracer-layout CLT folder: every layer's pair of files, consistent shapes
     and dtypes, finite thresholds, and (if given) the model's d_model and n_layers."""
@@ -126,5 +154,7 @@ def validate_hub_layout(folder: str | Path, model: ModelFacts | None = None) -> 
         for layer in range(n_layers):
             enc = folder / f"W_enc_{layer}.safetensors"
             with safe_open(str(enc), framework="pt") as f:
-                check_finite(enc, f"threshold_{layer}", f.get_tensor(f"threshold_{layer}"))
+                threshold = f.get_tensor(f"threshold_{layer}")
+            check_finite(enc, f"threshold_{layer}", threshold)
+            check_non_negative(enc, f"threshold_{layer}", threshold)
     return HubLayoutInfo(n_layers, d_latent, d_model, dtype, has_threshold)

@@ -64,6 +64,8 @@ class Session:
         given. Weights are processed as circuit-tracer does (no folding or centring), so every
         hook value equals HF transformers'."""
         import qwen_interp  # noqa: F401 - adapters: model names, CLT formats, SAE releases
+        from .inputs import torch_dtype
+        dtype = torch_dtype(dtype)  # a string would fail only after the CLT was loaded
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(device)
@@ -73,10 +75,11 @@ class Session:
                 model_name, device=device, dtype=dtype, **processing, **kwargs)
             return cls(model)
         from circuit_tracer.utils import hf_utils
-        from qwen_interp_circuit_tracer.adapter import check_pairing
-        check_pairing(model_name, transcoder)
-        transcoders, _ = hf_utils.load_transcoder_from_hub(transcoder, device=device, dtype=dtype,
-                                                           lazy_decoder=lazy_decoder)
+        from qwen_interp_circuit_tracer.adapter import paired_with, preflight
+        preflight(model_name, transcoder)  # model exists and fits a registered CLT
+        with paired_with(model_name):  # CLT width and hooks checked against this model
+            transcoders, _ = hf_utils.load_transcoder_from_hub(
+                transcoder, device=device, dtype=dtype, lazy_decoder=lazy_decoder)
         model = shared_model_class(True).from_pretrained_and_transcoders(
             model_name, transcoders, device=device, dtype=dtype, **kwargs)
         return cls(model)
@@ -101,13 +104,20 @@ class Session:
     # --- one pass -----------------------------------------------------------------------------
     def tokens(self, inputs) -> torch.Tensor:
         """(batch, pos) token ids. Strings follow circuit-tracer's convention when a CLT is
-        attached (``<|endoftext|>`` first, its features zeroed) so positions match its graphs."""
+        attached (``<|endoftext|>`` first, its features zeroed) so positions match its graphs.
+        Bytes, lone surrogates, empty inputs and inputs longer than n_ctx raise InputError."""
+        from .inputs import check_length, check_prompt
+        check_prompt(inputs, "Session input")
         if isinstance(inputs, str):
             if self.has_clt:
-                return self.model.ensure_tokenized(inputs).unsqueeze(0)
-            return self.model.to_tokens(inputs, prepend_bos=False)
-        tokens = torch.as_tensor(inputs, device=self.model.cfg.device)
-        return tokens.unsqueeze(0) if tokens.ndim == 1 else tokens
+                tokens = self.model.ensure_tokenized(inputs).unsqueeze(0)
+            else:  # truncate=False: TransformerLens would cut to n_ctx without a word
+                tokens = self.model.to_tokens(inputs, prepend_bos=False, truncate=False)
+        else:
+            tokens = torch.as_tensor(inputs, device=self.model.cfg.device)
+            tokens = tokens.unsqueeze(0) if tokens.ndim == 1 else tokens
+        check_length(tokens.shape[-1], self.model.cfg.n_ctx, "Session input")
+        return tokens
 
     @torch.no_grad()  # not inference_mode: returned tensors must be usable in autograd later
     def run(self, inputs, *, logits: bool = True, clt: bool | Iterable[int] = True,
