@@ -168,11 +168,19 @@ import circuit_tracer.replacement_model.replacement_model_nnsight as nn
 import circuit_tracer.replacement_model.replacement_model_transformerlens as tl
 rm = ReplacementModel.from_pretrained({model!r}, {folder!r}, device=torch.device("cpu"),
                                       dtype=torch.float32)
+def chain(f):  # a method and every function it wraps (functools.wraps sets __wrapped__)
+    while f is not None:
+        yield f
+        f = getattr(f, "__wrapped__", None)
+# The plugin's first-position wrapper (its prompt checks are not an upstream part: they stay).
 wrapped = [m for cls in (tl.TransformerLensReplacementModel, nn.NNSightReplacementModel)
            for m in ("get_activations", "feature_intervention", "feature_intervention_generate")
-           if "qwen_interp" in getattr(cls, m).__code__.co_filename]  # the plugin's wrapper
+           if any(f.__code__.co_name == "first_position_wrapper" for f in chain(getattr(cls, m)))]
+checked = [m for cls in (tl.TransformerLensReplacementModel, nn.NNSightReplacementModel)
+           for m in ("get_activations", "feature_intervention", "feature_intervention_generate")
+           if any(f.__code__.co_name == "prompt_check_wrapper" for f in chain(getattr(cls, m)))]
 print(json.dumps(dict(status=qwen_interp.registry().adapters["circuit_tracer"].status(),
-                      wrapped=wrapped, scan=rm.scan)))
+                      wrapped=wrapped, checked=checked, scan=rm.scan)))
 """
 
 
@@ -192,6 +200,7 @@ def test_plugin_stands_down_on_patched_upstream(patched_root, native_repos, tmp_
                    for s in status), status
     assert not any("<|endoftext|> first position" in s for s in status), status
     assert res["wrapped"] == []
+    assert len(res["checked"]) == 6  # prompt checks are the plugin's own, on upstream too
     assert res["scan"] == native_repos[SINGLE]  # loaded through the plugin's folder loader
     # The conversion was circuit-tracer's, not the plugin's.
     assert any((ct_cache / ".bluelight-native").iterdir())

@@ -355,12 +355,12 @@ def with_first_position(method, architectures):
     """Wrap a replacement-model method so Qwen string inputs start with <|endoftext|>."""
 
     @functools.wraps(method)
-    def wrapper(self, inputs, *args, **kwargs):
+    def first_position_wrapper(self, inputs, *args, **kwargs):
         if isinstance(inputs, str) and getattr(self.cfg, "original_architecture", None) in architectures:
             inputs = first_position_prefix(self.tokenizer, inputs)
         return method(self, inputs, *args, **kwargs)
 
-    return wrapper
+    return first_position_wrapper
 
 
 def with_prompt_check(method, architectures):
@@ -369,7 +369,7 @@ def with_prompt_check(method, architectures):
     backend) sequences longer than n_ctx are one clear InputError before the model runs."""
 
     @functools.wraps(method)
-    def wrapper(self, inputs, *args, **kwargs):
+    def prompt_check_wrapper(self, inputs, *args, **kwargs):
         if getattr(self.cfg, "original_architecture", None) not in architectures:
             return method(self, inputs, *args, **kwargs)
         from qwen_interp.inputs import check_length, check_prompt
@@ -386,7 +386,7 @@ def with_prompt_check(method, architectures):
         check_length(tokens.shape[-1], n_ctx, what)
         return tokens
 
-    return wrapper
+    return prompt_check_wrapper
 
 
 def first_position_prefix(tokenizer, text: str) -> str:
