@@ -43,6 +43,7 @@ ON_DEFAULT = {
     "qwen-interp saes": ["qwen-scope-3-1.7b-base-w32k-l50", "layers 28"],
     "qwen-interp doctor": ["plugins:", "upstream gaps bridged:", "no known-bad versions installed"],
     "qwen-interp patches list": ["qwen3-base-names"],
+    "qwen-interp patches check transformer-lens": ["qwen3-base-names", " ok"],
     "qwen-interp patches render transformer-lens": ["+++ b/transformer_lens/supported_models.py",
                                                     "Qwen/Qwen3-1.7B-Base"],
 }

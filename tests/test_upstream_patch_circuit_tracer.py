@@ -218,3 +218,20 @@ print(json.dumps(qwen_interp.registry().adapters["circuit_tracer"].status()))
     assert "top-k CLTs: provided by the plugin" in status
     assert ("TransformerLensReplacementModel: <|endoftext|> first position for Qwen string inputs"
             in status)
+
+
+def test_nnsight_mappings_in_both_upstream_layouts():
+    """The PyPI build keeps nnsight mappings in ``_REGISTRY``; upstream's main (decoderesearch/
+    circuit-tracer 4bb8c0e) has one module-level mapping object per architecture. The adapter
+    finds them in both, so it can add (and stand down on) Qwen3 hooks on either."""
+    import types
+
+    import circuit_tracer.utils.tl_nnsight_mapping as pinned
+    from qwen_interp_circuit_tracer.adapter import nnsight_mappings
+    assert "Qwen3ForCausalLM" in nnsight_mappings(pinned)
+
+    head = types.ModuleType("tl_nnsight_mapping")  # the head's layout, with the real class
+    head.qwen_3_mapping = pinned._REGISTRY["Qwen3ForCausalLM"]
+    head.get_mapping = lambda arch: None
+    head.OTHER = {"model_architecture": "not a mapping"}
+    assert nnsight_mappings(head) == {"Qwen3ForCausalLM": head.qwen_3_mapping}

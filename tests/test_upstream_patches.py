@@ -74,13 +74,119 @@ def test_every_project_renders_a_change_for_its_pinned_release():
         assert text.count("+++ b/") >= 1, name
 
 
-def test_cli_renders_patches():
+def _cli(*args, cwd):
+    """``qwen-interp ARGS`` as a user types it (the console script), from ``cwd``."""
+    import shutil
     import sys
-    proc = subprocess.run([sys.executable, "-m", "qwen_interp.cli", "patches", "render",
-                           "transformer-lens"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0
+    from pathlib import Path
+    exe = shutil.which("qwen-interp") or str(Path(sys.executable).parent / "qwen-interp")
+    return subprocess.run([exe, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_cli_patches_list(tmp_path):
+    from qwen_interp_patches import projects
+    proc = _cli("patches", "list", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for name, proj in projects().items():
+        for patch in proj.patches:
+            assert any(line.startswith(f"{name} {proj.pinned}") and patch.name in line
+                       for line in lines), (name, patch.name)
+
+
+def test_cli_renders_patches(tmp_path):
+    proc = _cli("patches", "render", "transformer-lens", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("## Add the Qwen3 Base checkpoints")
+    assert "#1075" in proc.stdout  # the PR text names the upstream PR it follows
+    assert list(tmp_path.iterdir()) == []  # render writes nothing
+
+
+def _git(*args, cwd):
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd,
+                          capture_output=True, text=True, check=True)
+
+
+@pytest.mark.parametrize("distribution", ["transformer-lens", "circuit-tracer", "sae-lens"])
+def test_render_against_a_checkout_applies_there(distribution, tmp_path):
+    """`--against` a git checkout (here one made from the installed pinned release's files, as
+    CI has no network): the rendered diff passes `git apply --check` in it, `patches check`
+    agrees, and the checkout is left unchanged."""
+    checkout = tmp_path / "checkout"
+    upstream.copy_released_source(distribution, checkout)
+    _git("init", "-q", cwd=checkout)
+    _git("add", "-A", cwd=checkout)
+    _git("commit", "-qm", "release", cwd=checkout)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc = _cli("patches", "render", distribution, "--against", str(checkout), cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == upstream.render(distribution) + "\n"  # same files, same diffs
+    assert _git("status", "--porcelain", cwd=checkout).stdout == ""
+    diff = tmp_path / "pr.patch"
+    diff.write_text(proc.stdout)
+    check = subprocess.run(["git", "apply", "--check", str(diff)], cwd=checkout,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    proc = _cli("patches", "check", distribution, "--against", str(checkout), cwd=cwd)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    patches = upstream.project(distribution).patches
+    assert [line.split()[0] for line in proc.stdout.splitlines()[1:]] == [p.name for p in patches]
+    assert all(line.split()[1] == "ok" for line in proc.stdout.splitlines()[1:]), proc.stdout
+    # Applied, the checkout already has every change: rendering again drops each patch.
+    subprocess.run(["git", "apply", str(diff)], cwd=checkout, check=True)
+    again = upstream.rendered(distribution, checkout)
+    assert [r.diff for r in again] == [""] * len(patches)
+    assert all(r.note.startswith("already upstream") for r in again), [r.note for r in again]
+
+
+def test_patched_transformer_lens_names_are_in_upstreams_test_order(patched_transformer_lens):
+    """TransformerLens's tests/unit/test_supported_models.py checks both lists are sorted with
+    ``key=str.casefold``; the patch inserts every name where that order puts it."""
+    out = run_python("""
+import json
+from transformer_lens.supported_models import MODEL_ALIASES, OFFICIAL_MODEL_NAMES
+names, keys = list(OFFICIAL_MODEL_NAMES), list(MODEL_ALIASES)
+print(json.dumps([names == sorted(names, key=str.casefold), keys == sorted(keys, key=str.casefold),
+                  [n for n in names if n.startswith("Qwen/Qwen3-") and n.endswith("-Base")]]))
+""", env={"PYTHONPATH": str(patched_transformer_lens), "QWEN_INTERP_PLUGINS": ""})
+    names_sorted, aliases_sorted, base = json.loads(out.stdout.strip().splitlines()[-1])
+    assert names_sorted and aliases_sorted
+    assert set(base) == set(DENSE) | {"Qwen/Qwen3-30B-A3B-Base"}, base
+
+
+def test_insert_sorted_places_each_name_among_multi_line_entries():
+    from qwen_interp_patches import insert_sorted
+    from qwen_interp_patches.transformer_lens import ALIASES_OPENER, _entry_key
+    text = (ALIASES_OPENER + '    "a/B": ["b"],\n    "a/d": [\n        "d",\n    ],\n'
+            '    "a/F": ["f"],\n}\nAFTER = 1\n')
+    out = insert_sorted(text, ALIASES_OPENER, {"a/e": '    "a/e": ["e"],\n',
+                                               "a/z": '    "a/z": ["z"],\n',
+                                               "a/a": '    "a/a": ["a"],\n'}, _entry_key, "x.py")
+    keys = [_entry_key(line) for line in out.splitlines(keepends=True) if _entry_key(line)]
+    assert keys == ["a/a", "a/B", "a/d", "a/e", "a/F", "a/z"]
+    assert '        "d",\n    ],\n    "a/e"' in out and out.endswith('"a/z": ["z"],\n}\nAFTER = 1\n')
+
+
+def test_render_against_a_folder_that_is_no_checkout_is_one_clear_error(tmp_path):
+    proc = _cli("patches", "render", "transformer-lens", "--against", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"qwen-interp patches: error: --against {tmp_path}: not a checkout of "
+        "TransformerLensOrg/TransformerLens (expected the repository root, holding the "
+        "transformer_lens/ folder)"]
+
+
+def test_patch_for_code_the_target_lacks_is_not_applicable(tmp_path):
+    """An SAELens without the Qwen-Scope loader (before decoderesearch/SAELens#677): nothing to
+    propose, and the render says why rather than "already upstream"."""
+    loaders = tmp_path / "sae_lens" / "loading" / "pretrained_sae_loaders.py"
+    loaders.parent.mkdir(parents=True)
+    loaders.write_text("def sae_lens_huggingface_loader():\n    pass\n")
+    text = upstream.render("sae-lens", tmp_path)
+    assert "(not applicable to this tree: sae_lens/loading/pretrained_sae_loaders.py has no " \
+           "qwen_scope_sae_huggingface_loader" in text
+    assert "+++ " not in text and "already upstream" not in text
 
 
 NNSIGHT_CLT = """

@@ -7,6 +7,7 @@ A :class:`Patch` edits a copy of an upstream source tree: ``apply(root, registry
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,12 +17,26 @@ class UpstreamLayoutChanged(RuntimeError):
     """The upstream file no longer has the text a patch anchors on: the patch needs updating."""
 
 
+class NotApplicable(Exception):
+    """The target tree lacks what a patch changes (e.g. an older release without the loader it
+    fixes): nothing to propose there. Distinct from "already upstream" (``apply`` returns {})."""
+
+
 @dataclass(frozen=True)
 class Patch:
     name: str
     title: str
     description: str
     apply: Callable[[Path, object], dict[str, str]]
+    # Upstream issues and PRs the change addresses or relates to, each "#N: why" (same repository).
+    refs: tuple[str, ...] = ()
+
+    def pr_text(self) -> str:
+        """The PR description: the text, then the upstream issues and PRs it refers to."""
+        text = self.description
+        if self.refs:
+            text += "\n\nRelated upstream issues and PRs:\n" + "".join(f"- {r}\n" for r in self.refs)
+        return text
 
 
 @dataclass(frozen=True)
@@ -30,16 +45,68 @@ class Project:
     package: str  # top-level import package inside the repository
     pinned: str
     patches: tuple[Patch, ...]
+    repository: str = ""  # the upstream repository a maintainer applies the patches to
 
 
-def insert_after_last(text: str, marker: str, block: str, path: str) -> str:
-    """Insert ``block`` after the last line containing ``marker``."""
+def insert_sorted(text: str, opener: str, entries: dict[str, str], key_of, path: str) -> str:
+    """Insert each of ``entries`` ({name: its line(s)}) into the literal that starts at the line
+    ``opener`` and ends at the next line holding only ``]`` or ``}``: before the first entry
+    whose key (``key_of(line)``; None for lines that start no entry) sorts after the name under
+    ``str.casefold`` (the order TransformerLens's own tests check), else before the closing line.
+    """
     lines = text.splitlines(keepends=True)
-    hits = [i for i, line in enumerate(lines) if marker in line]
-    if not hits:
-        raise UpstreamLayoutChanged(f"{path}: no line contains {marker!r}")
-    i = hits[-1] + 1
-    return "".join(lines[:i]) + block + "".join(lines[i:])
+    try:
+        first = lines.index(opener) + 1
+    except ValueError:
+        raise UpstreamLayoutChanged(f"{path}: no line {opener.strip()!r}") from None
+    close = next((i for i in range(first, len(lines)) if lines[i].rstrip() in ("]", "}")), None)
+    if close is None:
+        raise UpstreamLayoutChanged(f"{path}: {opener.strip()!r} is not closed")
+    body = lines[first:close]
+    for name, block in sorted(entries.items(), key=lambda e: e[0].casefold()):
+        later = [i for i, line in enumerate(body)
+                 if (k := key_of(line)) is not None and k.casefold() > name.casefold()]
+        body.insert(later[0] if later else len(body), block)
+    return "".join(lines[:first] + body + lines[close:])
+
+
+def add_import(text: str, module: str, name: str, path: str) -> str:
+    """``from module import name`` among the file's top-level ``from circuit_tracer...`` imports,
+    in isort's place (before the first one of a later module), else after its last import."""
+    nodes = [n for n in ast.parse(text).body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    if not nodes:
+        raise UpstreamLayoutChanged(f"{path}: no imports")
+    pkg = module.split(".")[0] + "."
+    own = [n for n in nodes if isinstance(n, ast.ImportFrom) and (n.module or "").startswith(pkg)]
+    later = [n for n in own if n.module > module]
+    at = later[0].lineno - 1 if later else (own or nodes)[-1].end_lineno
+    lines = text.splitlines(keepends=True)
+    lines.insert(at, f"from {module} import {name}\n")
+    return "".join(lines)
+
+
+def require_names(source: str, names, what: str) -> None:
+    """Fail at render time if a shipped module no longer defines what the patch's glue uses."""
+    tree = ast.parse(source)
+    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    defined |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
+                if isinstance(t, ast.Name)}
+    missing = sorted(set(names) - defined)
+    if missing:
+        raise UpstreamLayoutChanged(f"{what} no longer defines {missing}: update the patch glue")
+
+
+def require_standalone(source: str, what: str) -> None:
+    """Fail at render time if a module shipped as one upstream file imports qwen-interp or a
+    sibling module (neither exists upstream)."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (
+                node.level or (node.module or "").split(".")[0].startswith("qwen_interp")):
+            raise UpstreamLayoutChanged(f"{what} imports {'.' * node.level}{node.module or ''}, "
+                                        "which does not exist upstream: update the patch")
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0].startswith("qwen_interp")
+                                                for a in node.names):
+            raise UpstreamLayoutChanged(f"{what} imports qwen-interp: update the patch")
 
 
 def projects() -> dict[str, Project]:

@@ -32,13 +32,14 @@ def add_nnsight_feature_hooks(root: Path, registry) -> dict[str, str]:
         entries = "".join(f'            "{k}": ("{loc}", "{port}"),\n'
                           for k, (loc, port) in missing.items())
         text = text[:body_start] + entries + text[body_start:]
-    return {MAPPING: text}
+    return {MAPPING: text} if text != (root / MAPPING).read_text() else {}
 
 
 PROJECT = Project(
     distribution="circuit-tracer",
     package="circuit_tracer",
     pinned="0.5.0",
+    repository="decoderesearch/circuit-tracer",
     patches=(
         Patch("nnsight-qwen3-feature-hooks", "nnsight backend: resid_mid and mlp_out hooks for Qwen3",
               "The Qwen3 mapping of the nnsight backend resolves only `mlp.hook_in` / "
@@ -51,14 +52,18 @@ PROJECT = Project(
         Patch("topk-activation", "Top-k cross-layer transcoders",
               "Adds `TopKCrossLayerTranscoder` (`circuit_tracer/transcoder/"
               "topk_cross_layer_transcoder.py`): `topk` keeps the k largest of relu(pre) per layer "
-              "and position, `topk_all` the k largest across all layers of a position. Given the "
-              "active set a top-k feature is linear in its pre-activation like a JumpReLU one, so "
-              "attribution is exact; `topk_all` raises a clear error in per-layer methods "
-              "(`get_activations`, `feature_intervention`), which cannot see the other layers. "
+              "and position, `topk_all` the k largest per layer over all positions and features of "
+              "the prompt, as BluelightAI's reference loader (`BlueLightAI/inference-clt`) "
+              "computes it. Given the active set a top-k feature is linear in its pre-activation "
+              "like a JumpReLU one, so attribution is exact, and `get_activations` / "
+              "`feature_intervention` select the same features as `attribute()`. "
               "A hub CLT whose `config.yaml` says `activation: topk` (or `topk_all`) and `k` loads "
               "through `load_transcoder_from_hub`. The module is qwen-interp's plugin module, "
               "verbatim.",
-              add_topk_activation),
+              add_topk_activation,
+              refs=("#94 (merged): top-k per-layer transcoders, selected by `activation: topk` "
+                    "in `config.yaml`, \"adding CLTs shouldn't be too hard\": this is the CLT "
+                    "side, with the same config field", "#55 (closed): the first top-k PR")),
         Patch("bluelight-native-clt", "Load BluelightAI's native CLT checkpoints",
               "BluelightAI trains its Qwen3 CLTs with its own code, whose checkpoints are "
               "`model_config.json` (v1 or v2) plus `clt.safetensors` (`single_file`) or "
@@ -82,7 +87,9 @@ PROJECT = Project(
               "strings with `ensure_tokenized` too, on both backends. Token inputs are "
               "unchanged; `feature_intervention_generate` still returns a string for a string; "
               "nnsight's intervention no longer re-tokenizes token inputs to count positions.",
-              add_first_position),
+              add_first_position,
+              refs=("#79 (open PR, transformers v5): also routes the nnsight backend's trace "
+                    "inputs through `ensure_tokenized`; the two touch the same methods",)),
         # Last: it rewrites methods the others leave alone.
         BOUNDED_ATTRIBUTION,
     ),

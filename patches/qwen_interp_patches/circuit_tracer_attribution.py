@@ -3,16 +3,26 @@ torch-only modules the plugin runs are shipped unchanged; the edits wire them in
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from . import Patch, UpstreamLayoutChanged
+from . import (Patch, UpstreamLayoutChanged, add_import, require_names,
+               require_standalone)
 
 PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "qwen_interp_circuit_tracer"
 MODULES = ("active_decoders.py", "bounded_influences.py", "shared_patterns.py")
+# What the edits below import from the shipped modules.
+USED = {"active_decoders.py": ("ActiveDecoders", "attribution_components", "scoring_hooks"),
+        "bounded_influences.py": ("compute_partial_influences",),
+        "shared_patterns.py": ("shared_attention_patterns",)}
 CLT = "circuit_tracer/transcoder/cross_layer_transcoder.py"
 TL_CONTEXT = "circuit_tracer/attribution/context_transformerlens.py"
 NNSIGHT_CONTEXT = "circuit_tracer/attribution/context_nnsight.py"
-ATTRIBUTE = "circuit_tracer/attribution/attribute.py"
+ATTRIBUTION_DIR = "circuit_tracer/attribution"
+TL_ATTRIBUTE = "circuit_tracer/attribution/attribute_transformerlens.py"
+# The forward pass attribute() runs under the attribution hooks (group 2: the model variable).
+FORWARD = re.compile(r"^( *)with ctx\.install_hooks\((\w+)\):\n +residual = \2\.forward\(",
+                     re.MULTILINE)
 TL_MODEL = "circuit_tracer/replacement_model/replacement_model_transformerlens.py"
 
 
@@ -43,6 +53,9 @@ def bounded_attribution(root: Path, registry) -> dict[str, str]:
     if (root / "circuit_tracer/attribution/active_decoders.py").exists():
         return {}  # already upstream
     edits = {f"circuit_tracer/attribution/{name}": _plugin_module(name) for name in MODULES}
+    for name, names in USED.items():  # the glue below calls these: fail here, not in upstream
+        require_standalone(edits[f"circuit_tracer/attribution/{name}"], f"plugin {name}")
+        require_names(edits[f"circuit_tracer/attribution/{name}"], names, f"plugin {name}")
     edits[CLT] = _replace_method(
         (root / CLT).read_text(),
         "    def compute_attribution_components(self, inputs, zero_positions: slice = slice(0, 1)):\n",
@@ -69,19 +82,34 @@ def bounded_attribution(root: Path, registry) -> dict[str, str]:
         "        if isinstance(self.decoder_vecs, ActiveDecoders):\n"
         "            self.decoder_vecs.score_into(self._batch_buffer, grads, layer)\n"
         "            return\n", NNSIGHT_CONTEXT)
-    edits[ATTRIBUTE] = _replace(
-        (root / ATTRIBUTE).read_text(),
-        "from circuit_tracer.graph import Graph, compute_partial_influences\n",
-        "from circuit_tracer.attribution.bounded_influences import compute_partial_influences\n"
-        "from circuit_tracer.graph import Graph\n", ATTRIBUTE)
-    model = _replace((root / TL_MODEL).read_text(),
-                     "        with ctx.install_hooks(self):\n            residual = self.forward(",
-                     "        with ctx.install_hooks(self), shared_attention_patterns(self.blocks):\n"
-                     "            residual = self.forward(", TL_MODEL)
-    edits[TL_MODEL] = _replace(model, "from circuit_tracer.attribution.context_transformerlens",
-                               "from circuit_tracer.attribution.shared_patterns import "
-                               "shared_attention_patterns\n"
-                               "from circuit_tracer.attribution.context_transformerlens", TL_MODEL)
+    # compute_partial_influences: imported by attribute.py (0.5.0 wheel) or by each backend's
+    # attribute_<backend>.py (upstream head, which splits attribute()).
+    graph_import = "from circuit_tracer.graph import Graph, compute_partial_influences\n"
+    users = [f"{ATTRIBUTION_DIR}/{f.name}" for f in sorted((root / ATTRIBUTION_DIR).glob("*.py"))
+             if graph_import in f.read_text()]
+    if not users:
+        raise UpstreamLayoutChanged(f"{ATTRIBUTION_DIR}: no module imports "
+                                    "compute_partial_influences from circuit_tracer.graph")
+    for rel in users:
+        text = (root / rel).read_text().replace(graph_import, "from circuit_tracer.graph import Graph\n")
+        edits[rel] = add_import(text, "circuit_tracer.attribution.bounded_influences",
+                                "compute_partial_influences", rel)
+    # The TransformerLens forward pass of attribute(): in the replacement model (0.5.0 wheel) or
+    # in attribute_transformerlens.py (upstream head).
+    hits = [(rel, m) for rel in (TL_MODEL, TL_ATTRIBUTE) if (root / rel).is_file()
+            for m in [FORWARD.search(edits.get(rel) or (root / rel).read_text())] if m]
+    if len(hits) != 1:
+        raise UpstreamLayoutChanged(f"expected one `with ctx.install_hooks(model): residual = "
+                                    f"model.forward(` in {TL_MODEL} or {TL_ATTRIBUTE}, "
+                                    f"found {len(hits)}")
+    rel, m = hits[0]
+    text = edits.get(rel) or (root / rel).read_text()
+    indent, model = m.group(1), m.group(2)
+    line = f"{indent}with ctx.install_hooks({model}):\n"
+    text = (text[:m.start()] + f"{indent}with ctx.install_hooks({model}), "
+            f"shared_attention_patterns({model}.blocks):\n" + text[m.start() + len(line):])
+    edits[rel] = add_import(text, "circuit_tracer.attribution.shared_patterns",
+                            "shared_attention_patterns", rel)
     return edits
 
 
@@ -97,5 +125,10 @@ PATCH = Patch(
     "matrix to the GPU; and the TransformerLens backend computes and keeps one frozen attention "
     "pattern per layer instead of one per batch row (the rows are the same prompt). The elementwise products are unchanged (only dot-product "
     "summation order can differ): on Qwen3 test models (fp32) node sets are identical and "
-    "|dA| <= 1e-5 max|A| on both backends (tested in qwen-interp).",
-    bounded_attribution)
+    "|dA| <= 1e-5 max|A| on both backends (tested in qwen-interp, with transformer-lens 3.2.1; "
+    "4.0 removed `HookedTransformer`, which the TransformerLens backend subclasses, #115).",
+    bounded_attribution,
+    refs=("#92: long-context OOM on an H100 80GB (2,300+ tokens)",
+          "#39: Qwen 14B out of memory in `attribute()` on an H200",
+          "#115: transformer-lens 4.0 breaks the TransformerLens backend's import (the memory "
+          "bound does not depend on it; tested with 3.2.1)"))

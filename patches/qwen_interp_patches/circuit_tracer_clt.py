@@ -8,16 +8,15 @@ drift apart; what is written here is the glue: where circuit-tracer dispatches t
 
 from __future__ import annotations
 
+import ast
 import importlib
 from pathlib import Path
 
-from . import UpstreamLayoutChanged
+from . import UpstreamLayoutChanged, require_names
 
 HF_UTILS = "circuit_tracer/utils/hf_utils.py"
 TOPK_FILE = "circuit_tracer/transcoder/topk_cross_layer_transcoder.py"
 NATIVE_DIR = "circuit_tracer/transcoder/bluelight"
-# Plugin modules copied into NATIVE_DIR (they import each other relatively).
-NATIVE_MODULES = ("errors", "safetensors_header", "validate", "native")
 TL_MODEL = "circuit_tracer/replacement_model/replacement_model_transformerlens.py"
 NN_MODEL = "circuit_tracer/replacement_model/replacement_model_nnsight.py"
 STRING_INPUT_METHODS = ("get_activations", "feature_intervention", "feature_intervention_generate")
@@ -56,7 +55,13 @@ TOPK_DISPATCH = """\
 def add_topk_activation(root: Path, registry) -> dict[str, str]:
     edits = {}
     if not is_present(root, TOPK_FILE):
-        edits[TOPK_FILE] = plugin_source("topk")
+        # One file upstream: the plugin module may import circuit-tracer, nothing of its own.
+        modules = shipped_modules("topk", {})
+        if len(modules) > 1:
+            raise UpstreamLayoutChanged("plugin topk.py imports other plugin modules; the patch "
+                                        "ships it as one file (circuit_tracer_clt.py)")
+        edits[TOPK_FILE] = modules["topk"]
+        require_names(edits[TOPK_FILE], ["load_ct_layout"], "plugin topk.py")
     hf_utils = (root / HF_UTILS).read_text()
     if "topk_cross_layer_transcoder" not in hf_utils:
         anchor = "            load_fn = load_clt\n"
@@ -91,7 +96,7 @@ from pathlib import Path
 import torch
 
 from .errors import TranscoderValidationError
-from .native import (NativeConfig, is_native, model_layers, read_native_config, validate_native,
+from .native import (NativeConfig, is_native, read_native_config, validate_native,
                      write_ct_layout)
 from .validate import model_facts
 
@@ -126,7 +131,7 @@ def converted_folder(folder, model_name: str | None = None) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
     try:
-        n_model_layers = facts.n_layers if facts else max(model_layers(cfg)) + 1
+        n_model_layers = facts.n_layers if facts else cfg.n_layers  # the base model's count
         write_ct_layout(cfg, tmp, n_model_layers, model)
         try:
             os.rename(tmp, final)  # atomic
@@ -194,16 +199,53 @@ BASE_EXCEPTION = ("from qwen_interp.errors import CheckpointError\n",
                   "CheckpointError = ValueError  # qwen-interp's CheckpointError is a ValueError\n")
 
 
+def shipped_modules(start: str, rewrites: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """``{module: text}`` of the plugin modules ``start`` needs: itself and, transitively, the
+    plugin modules it imports relatively (``from .x import``), each with its ``rewrites`` done.
+    Computed from the plugin's current source, so the shipped package follows its changes; an
+    import of qwen-interp itself would not exist upstream and fails here."""
+    out, todo = {}, [start]
+    while todo:
+        module = todo.pop()
+        if module in out:
+            continue
+        text = plugin_source(module)
+        if module in rewrites:
+            text = replace_once(text, *rewrites[module], f"plugin {module}.py")
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level == 1 and node.module:
+                todo.append(node.module)
+            elif node.level or (node.module or "").split(".")[0].startswith("qwen_interp"):
+                raise UpstreamLayoutChanged(
+                    f"plugin {module}.py imports {'.' * node.level}{node.module or ''}, which "
+                    "circuit-tracer does not have: extend the patch (circuit_tracer_clt.py)")
+        out[module] = text
+    return out
+
+
+def relative_imports(source: str) -> dict[str, list[str]]:
+    """``{module: [names]}`` of a source's ``from .module import names``."""
+    out: dict[str, list[str]] = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+            out.setdefault(node.module, []).extend(a.name for a in node.names)
+    return out
+
+
 def add_bluelight_native(root: Path, registry) -> dict[str, str]:
     edits = {}
     if not is_present(root, f"{NATIVE_DIR}/__init__.py"):
         if not is_present(root, TOPK_FILE):
             raise UpstreamLayoutChanged("the native loader needs the topk-activation patch first")
         edits[f"{NATIVE_DIR}/__init__.py"] = NATIVE_INIT
-        for module in NATIVE_MODULES:
-            text = plugin_source(module)
-            if module == "errors":
-                text = replace_once(text, *BASE_EXCEPTION, f"plugin {module}.py")
+        modules: dict[str, str] = {}
+        for module, names in relative_imports(NATIVE_INIT).items():
+            modules.update(shipped_modules(module, {"errors": BASE_EXCEPTION}))
+            require_names(modules[module], names, f"plugin {module}.py")
+        require_names(plugin_source("topk"), ["load_ct_layout"], "plugin topk.py")
+        for module, text in sorted(modules.items()):
             edits[f"{NATIVE_DIR}/{module}.py"] = text
     hf_utils = (root / HF_UTILS).read_text()
     if "load_native_from_hub" not in hf_utils:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import Patch, Project, UpstreamLayoutChanged
+from . import NotApplicable, Patch, Project, UpstreamLayoutChanged
 
 LOADERS = "sae_lens/loading/pretrained_sae_loaders.py"
 UNSAFE = "state_dict_loaded = torch.load(sae_path, map_location=device)\n"
@@ -17,7 +17,8 @@ def qwen_scope_weights_only(root: Path, registry) -> dict[str, str]:
     text = (root / LOADERS).read_text()
     start = text.find("def qwen_scope_sae_huggingface_loader(")
     if start < 0:
-        return {}  # this SAELens has no Qwen-Scope loader: nothing to fix
+        raise NotApplicable(f"{LOADERS} has no qwen_scope_sae_huggingface_loader (SAELens added "
+                            "the Qwen-Scope loader in #677)")
     end = text.find("\ndef ", start + 1)
     body = text[start:end]
     if "weights_only=True" in body:
@@ -31,6 +32,7 @@ PROJECT = Project(
     distribution="sae-lens",
     package="sae_lens",
     pinned="6.54.12",
+    repository="decoderesearch/SAELens",
     patches=(
         Patch("qwen-scope-weights-only", "Qwen-Scope loader: read checkpoints with weights_only=True",
               "`qwen_scope_sae_huggingface_loader` reads each `layer{n}.sae.pt` with a bare "
@@ -38,6 +40,7 @@ PROJECT = Project(
               "`TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1` is set. The files are plain dicts of four "
               "tensors, so `weights_only=True` loses nothing and refuses a malicious file "
               "(tested in qwen-interp: the payload never runs).",
-              qwen_scope_weights_only),
+              qwen_scope_weights_only,
+              refs=("#677 (merged): added the Qwen-Scope releases and this loader",)),
     ),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import Patch, Project, UpstreamLayoutChanged, insert_after_last
+from . import Patch, Project, UpstreamLayoutChanged, insert_sorted
 from . import transformer_lens_moe
 
 SUPPORTED = "transformer_lens/supported_models.py"
@@ -27,24 +27,39 @@ def add_qwen3_base_names(root: Path, registry) -> dict[str, str]:
 
 
 def add_names(root: Path, registry, architectures) -> dict[str, str]:
-    """The registered checkpoints of ``architectures`` missing from ``supported_models.py``."""
+    """The registered checkpoints of ``architectures`` missing from ``supported_models.py``,
+    each inserted where upstream's alphabetical-order tests expect it
+    (``tests/unit/test_supported_models.py``: sorted with ``key=str.casefold``)."""
     specs = _missing_specs(root, registry, architectures)
     if not specs:
         return {}
     text = (root / SUPPORTED).read_text()
-    head, sep, tail = text.partition("MODEL_ALIASES: dict[str, list[str]] = {")
-    if not sep:
-        raise UpstreamLayoutChanged(f"{SUPPORTED}: MODEL_ALIASES not found")
-    names = "".join(f'    "{s.repo_id}",\n' for s in specs)
-    aliases = "".join(f'    "{s.repo_id}": {list(s.aliases)!r},\n'.replace("'", '"')
-                      for s in specs if s.aliases)
-    head = insert_after_last(head, '"Qwen/Qwen3-', names, SUPPORTED)
-    tail = insert_after_last(tail, '"Qwen/Qwen3-', aliases, SUPPORTED)
-    return {SUPPORTED: head + sep + tail}
+    names = {s.repo_id: f'    "{s.repo_id}",\n' for s in specs}
+    aliases = {s.repo_id: f'    "{s.repo_id}": {list(s.aliases)!r},\n'.replace("'", '"')
+               for s in specs if s.aliases}
+    text = insert_sorted(text, NAMES_OPENER, names, _entry_key, SUPPORTED)
+    text = insert_sorted(text, ALIASES_OPENER, aliases, _entry_key, SUPPORTED)
+    return {SUPPORTED: text}
+
+
+NAMES_OPENER = "OFFICIAL_MODEL_NAMES: list[str] = [\n"
+ALIASES_OPENER = "MODEL_ALIASES: dict[str, list[str]] = {\n"
+
+
+def _entry_key(line: str) -> str | None:
+    """The name a list entry or dict key line starts with (``    "name",`` or ``    "name": ...``);
+    None for continuation lines of multi-line entries and comments."""
+    if not line.startswith('    "'):
+        return None
+    return line[5:line.index('"', 5)]
 
 
 def accept_local_checkpoint_dirs(root: Path, registry) -> dict[str, str]:
     text = (root / LOADING).read_text()
+    start = text.find("def get_official_model_name(")
+    body = text[start:text.find("\ndef ", start + 1)]
+    if start >= 0 and ("Path(model_name)" in body or "os.path.isdir(model_name)" in body):
+        return {}  # already upstream: the name check lets paths through
     anchor = '    model_alias_map = make_model_alias_map()\n    official_model_name = model_alias_map.get('
     if anchor not in text:
         raise UpstreamLayoutChanged(f"{LOADING}: get_official_model_name body not found")
@@ -56,15 +71,19 @@ def accept_local_checkpoint_dirs(root: Path, registry) -> dict[str, str]:
 
 
 def add_qwen3_moe(root: Path, registry) -> dict[str, str]:
-    # The names last: they would be refused without the loader support.
-    return {**transformer_lens_moe.edits(root),
-            **add_names(root, registry, {transformer_lens_moe.ARCHITECTURE})}
+    # Loader support first (unless upstream already converts the architecture); the names last:
+    # they would be refused without it.
+    arch = transformer_lens_moe.ARCHITECTURE
+    supported = f'architecture == "{arch}"' in (root / LOADING).read_text()
+    return {**({} if supported else transformer_lens_moe.edits(root)),
+            **add_names(root, registry, {arch})}
 
 
 PROJECT = Project(
     distribution="transformer-lens",
     package="transformer_lens",
     pinned="3.2.1",
+    repository="TransformerLensOrg/TransformerLens",
     patches=(
         Patch("qwen3-base-names", "Add the Qwen3 Base checkpoints to the supported models",
               "`HookedTransformer.from_pretrained` accepts only names in `OFFICIAL_MODEL_NAMES`; "
@@ -72,14 +91,22 @@ PROJECT = Project(
               "share `Qwen3ForCausalLM` with the listed instruct models, so the existing config "
               "branch and `convert_qwen3_weights` serve them unchanged (logits match HF "
               "transformers to 1e-4 in fp32, tested in qwen-interp on small checkpoints with "
-              "each model's real flags: GQA ratio, head_dim vs width, tied/untied embeddings).",
-              add_qwen3_base_names),
+              "each model's real flags: GQA ratio, head_dim vs width, tied/untied embeddings). "
+              "The names go where `tests/unit/test_supported_models.py` expects them "
+              "(alphabetical under `str.casefold`).",
+              add_qwen3_base_names,
+              refs=("#1075 (open PR): adds `Qwen/Qwen3-0.6B-Base` and its alias to the same "
+                    "two lists, the same way; this adds the other Qwen3 Base checkpoints",
+                    "#915: the Qwen3 support request")),
         Patch("local-checkpoint-dirs", "Load a HookedTransformer from a local checkpoint directory",
               "`from_pretrained('/path/to/checkpoint')` fails in `get_official_model_name` "
               "although the config and state-dict loaders already handle a path "
               "(`HookedEncoderDecoder` already skips the name check for paths). Accept a "
               "directory holding a `config.json`.",
-              accept_local_checkpoint_dirs),
+              accept_local_checkpoint_dirs,
+              refs=("#664 (closed) and #1039 (open): `from_pretrained(<local path>)` fails in "
+                    "`get_official_model_name`; #800 points users to `TransformerBridge`, but "
+                    "circuit-tracer and SAELens build on `HookedTransformer`",)),
         Patch("qwen3-moe", "Qwen3-MoE (Qwen3MoeForCausalLM) in HookedTransformer",
               "`Qwen3MoeForCausalLM` (`Qwen/Qwen3-30B-A3B-Base`) has no HookedTransformer path. "
               "This adds: the config branch (the Qwen3 attention fields plus `num_experts`, "

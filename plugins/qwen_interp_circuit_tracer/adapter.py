@@ -351,6 +351,18 @@ def quiet_at_exit(original_del):
     return __del__
 
 
+def nnsight_mappings(module) -> dict:
+    """circuit-tracer's nnsight mappings by architecture. The PyPI build keeps them in a
+    ``_REGISTRY`` dict; upstream's main defines one module-level mapping object per architecture
+    (e.g. ``qwen_3_mapping``) and builds its lookup table inside ``get_mapping``."""
+    registry = getattr(module, "_REGISTRY", None)
+    if isinstance(registry, dict):
+        return dict(registry)
+    return {obj.model_architecture: obj for obj in vars(module).values()
+            if isinstance(getattr(obj, "model_architecture", None), str)
+            and isinstance(getattr(obj, "feature_hook_mapping", None), dict)}
+
+
 def with_first_position(method, architectures):
     """Wrap a replacement-model method so Qwen string inputs start with <|endoftext|>."""
 
@@ -490,9 +502,10 @@ class CircuitTracerAdapter:
     def _patch_nnsight_mapping(self) -> None:
         import importlib
         mapping = importlib.import_module(MAPPING)
+        entries = nnsight_mappings(mapping)
         for arch, hook_map in self._registry.hook_name_maps.items():
             hooks = nnsight_feature_hooks(hook_map)
-            entry = mapping._REGISTRY.get(arch)
+            entry = entries.get(arch)
             if not hooks:
                 continue
             if entry is None:
