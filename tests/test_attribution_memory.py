@@ -42,6 +42,14 @@ def graph(model, prompt, monkeypatch, bounded: bool, workspace_mb=None, **kwargs
     return attribute(prompt, model, **kwargs)
 
 
+def bounded_setup(model, tokens, monkeypatch):
+    """``setup_attribution`` as attribute() runs it: only there are the components bounded."""
+    from qwen_interp_circuit_tracer.attribution import attribute_call
+    monkeypatch.setenv("QWEN_INTERP_BOUNDED_ATTRIBUTION", "1")
+    with attribute_call(offload=None):
+        return model.setup_attribution(tokens)
+
+
 def assert_same_graph(ours, ref, rtol=RTOL, edges_present=True):
     assert torch.equal(ours.input_tokens.cpu(), ref.input_tokens.cpu())
     assert torch.equal(ours.active_features, ref.active_features)
@@ -65,14 +73,19 @@ def test_same_graph_as_upstream_all_features(models, backend, monkeypatch):
     assert_same_graph(ours, ref)
 
 
-def test_same_graph_as_upstream_in_bf16(models, monkeypatch):
+@pytest.fixture(scope="module")
+def bf16_model(models):
+    from circuit_tracer import ReplacementModel
+    return ReplacementModel.from_pretrained(MODEL, RELEASE, device=CPU, dtype=torch.bfloat16)
+
+
+def test_same_graph_as_upstream_in_bf16(bf16_model, monkeypatch):
     """bf16, the dtype of real runs: both paths round every score to bf16 and sum each dot product
     in their own order, so edges agree to bf16 precision, not bitwise: |A_ours - A_upstream| <=
     BF16_RTOL * max|A| (bf16 spacing is 2^-8 = 3.9e-3 relative; measured 4.8e-3, and 17 of 88,002
     edges present on one side only). All features are kept, so node sets, logits and their
     probabilities must be equal exactly."""
-    from circuit_tracer import ReplacementModel
-    model = ReplacementModel.from_pretrained(MODEL, RELEASE, device=CPU, dtype=torch.bfloat16)
+    model = bf16_model
     ref = graph(model, LONGER_PROMPT, monkeypatch, bounded=False, batch_size=64)
     ours = graph(model, LONGER_PROMPT, monkeypatch, bounded=True, batch_size=64)
     # An edge present on one side only is a cancellation to ~0 there, bounded by the same rtol.
@@ -106,10 +119,8 @@ def test_active_rows_are_read_once(models, monkeypatch):
     model = models["transformerlens"]
     clt = model.transcoders
     tokens = model.ensure_tokenized(LONGER_PROMPT)
-    monkeypatch.setenv("QWEN_INTERP_BOUNDED_ATTRIBUTION", "0")
-    ctx_ref = model.setup_attribution(tokens)
-    monkeypatch.setenv("QWEN_INTERP_BOUNDED_ATTRIBUTION", "1")
-    ctx = model.setup_attribution(tokens)
+    ctx_ref = model.setup_attribution(tokens)  # outside attribute(): upstream's components
+    ctx = bounded_setup(model, tokens, monkeypatch)
     decoders = ctx.decoder_vecs
     layers, _, feats = ctx.activation_matrix.indices()
     unique = sum(len(feats[layers == l].unique()) * (clt.n_layers - l) for l in range(clt.n_layers))
@@ -203,8 +214,7 @@ def test_scores_follow_the_per_occurrence_formula(models, monkeypatch, workspace
     All source layers of an output layer share one batched matmul per position block: one
     block with the default workspace, one per position with a 4 KB one."""
     model = models["transformerlens"]
-    monkeypatch.setenv("QWEN_INTERP_BOUNDED_ATTRIBUTION", "1")
-    decoders = model.setup_attribution(model.ensure_tokenized(LONGER_PROMPT)).decoder_vecs
+    decoders = bounded_setup(model, model.ensure_tokenized(LONGER_PROMPT), monkeypatch).decoder_vecs
     if workspace is not None:
         decoders.workspace_bytes = workspace
     locations, vecs, node_ids = decoders.occurrence_rows()
@@ -224,3 +234,48 @@ def test_scores_follow_the_per_occurrence_formula(models, monkeypatch, workspace
         assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-5 * ref.abs().max())
         positions = locations[1][hit].unique()
         assert len(bmm_calls) == (1 if workspace is None else len(positions))
+
+
+def test_compute_attribution_components_keeps_upstreams_contract(models, monkeypatch):
+    """Called directly (not by attribute()), the public method returns upstream's components,
+    tensor for tensor, with the adapter active and the bounded path enabled."""
+    from circuit_tracer.transcoder.cross_layer_transcoder import CrossLayerTranscoder
+    monkeypatch.setenv("QWEN_INTERP_BOUNDED_ATTRIBUTION", "1")
+    clt = models["transformerlens"].transcoders
+    upstream = CrossLayerTranscoder.__dict__["compute_attribution_components"].__qwen_interp_original__
+    inputs = torch.randn(clt.n_layers, 12, clt.d_model, generator=torch.Generator().manual_seed(1))
+    ours = clt.compute_attribution_components(inputs)
+    ref = upstream(clt, inputs)
+    assert ours.keys() == ref.keys()
+    for key in ref:
+        a, b = ours[key], ref[key]
+        assert type(a) is type(b), key
+        assert torch.equal(a.to_dense(), b.to_dense()) if a.is_sparse else torch.equal(a, b), key
+    assert ours["decoder_vecs"].shape[0] > ours["encoder_vecs"].shape[0] > 0
+
+
+@pytest.mark.parametrize("workspace", [None, 4096])
+def test_reconstruction_is_upstreams_bit_for_bit_in_bf16(bf16_model, monkeypatch, workspace):
+    """bf16: attribute()'s bounded components give the same error vectors, hence the same error
+    nodes, as upstream's single index_add_, with the default workspace and with one so small
+    that every position is its own block."""
+    tokens = bf16_model.ensure_tokenized(LONGER_PROMPT)
+    ref = bf16_model.setup_attribution(tokens)
+    if workspace is None:
+        monkeypatch.delenv("QWEN_INTERP_ATTRIBUTION_WORKSPACE_MB", raising=False)
+    else:
+        monkeypatch.setenv("QWEN_INTERP_ATTRIBUTION_WORKSPACE_MB", str(workspace / 2**20))
+    ours = bounded_setup(bf16_model, tokens, monkeypatch)
+    assert type(ours.decoder_vecs).__name__ == "ActiveDecoders"
+    assert ours.error_vectors.dtype == torch.bfloat16
+    assert torch.equal(ours.error_vectors, ref.error_vectors)
+
+
+def test_shared_pattern_only_for_transformerlens_attention(models):
+    """The shared pattern reproduces TransformerLens's own z computation; an attention class
+    with its own keeps running it."""
+    from qwen_interp_circuit_tracer.shared_patterns import reproduces_z
+    attn = models["transformerlens"].blocks[0].attn
+    assert reproduces_z(attn)
+    custom = type("CustomAttention", (type(attn),), {"calculate_z_scores": lambda self, v, p: v})
+    assert not reproduces_z(custom.__new__(custom))

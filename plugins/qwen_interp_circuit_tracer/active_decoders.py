@@ -149,22 +149,54 @@ class ActiveDecoders:
 
     def reconstruction(self, b_dec: torch.Tensor, W_skip: torch.Tensor | None = None,
                        input_acts: torch.Tensor | None = None) -> torch.Tensor:
-        """(n_layers, n_pos, d_model) CLT output: the same ``index_add_`` as circuit-tracer's
-        ``compute_reconstruction``, in the same order, in bounded chunks."""
-        dtype = self.sources[0].rows.dtype if self.sources else b_dec.dtype
-        recon = torch.zeros(self.n_layers * self.n_pos, self.d_model, device=b_dec.device,
-                            dtype=dtype)
-        for src in self.sources:
-            n_out = self.n_layers - src.layer
-            out_layers = torch.arange(src.layer, self.n_layers, device=recon.device)
-            per_row = n_out * self.d_model * recon.element_size()
-            step = max(1, self.workspace_bytes // per_row)
-            for lo in range(0, len(src.values), step):
-                hi = min(lo + step, len(src.values))
-                vecs = src.rows[src.inverse[lo:hi]] * src.values[lo:hi, None, None]
-                flat = (out_layers[None, :] * self.n_pos + src.positions[lo:hi, None]).reshape(-1)
-                recon.index_add_(0, flat, vecs.reshape(-1, self.d_model))
-        recon = recon.reshape(self.n_layers, self.n_pos, self.d_model) + b_dec[:, None]
+        """(n_layers, n_pos, d_model) CLT output, bit for bit circuit-tracer's
+        ``compute_reconstruction``, in bounded blocks of positions.
+
+        Upstream adds every (occurrence, output layer) row with one ``index_add_``. How that call
+        rounds is the kernel's business (in bf16 on CPU, PyTorch's scatter paths sum a row's
+        contributions in bf16 or in fp32 depending on the row width), but each output row only
+        depends on its own contributions and their order. So each block holds *every*
+        contribution to its rows, in upstream's relative order (source layer, then feature), and
+        is added with one ``index_add_`` into zeros, as upstream does."""
+        d = self.d_model
+        if not self.sources:
+            recon = torch.zeros(self.n_layers * self.n_pos, d, device=b_dec.device,
+                                dtype=b_dec.dtype)
+        else:
+            dtype = torch.promote_types(self.flat_rows.dtype, self._values.dtype)
+            recon = torch.zeros(self.n_layers * self.n_pos, d, device=self.flat_rows.device,
+                                dtype=dtype)
+            n_out = self.n_layers - self._layer  # output layers of each occurrence
+            # Stable: occurrences at one position keep upstream's (source layer, feature) order.
+            by_pos = torch.argsort(self._pos, stable=True)
+            bounds = torch.searchsorted(self._pos[by_pos],
+                                        torch.arange(self.n_pos + 1, device=self._pos.device))
+            per_pos = torch.bincount(self._pos, weights=n_out.to(torch.float64),
+                                     minlength=self.n_pos)
+            rows_per_block = max(1, self.workspace_bytes // (d * recon.element_size()))
+            p0 = 0
+            while p0 < self.n_pos:
+                p1, rows = p0 + 1, per_pos[p0].item()  # at least one position
+                while p1 < self.n_pos and rows + per_pos[p1].item() <= rows_per_block:
+                    rows += per_pos[p1].item()
+                    p1 += 1
+                occ = by_pos[bounds[p0]:bounds[p1]]
+                if len(occ):
+                    counts = n_out[occ]
+                    rep = torch.repeat_interleave(occ, counts)
+                    starts = torch.cumsum(counts, 0) - counts
+                    out_layer = self._layer[rep] + (
+                        torch.arange(len(rep), device=rep.device)
+                        - torch.repeat_interleave(starts, counts))
+                    vecs = self.flat_rows[self._first_row[rep] + out_layer] * self._values[rep, None]
+                    block = torch.zeros(self.n_layers * (p1 - p0), d, device=recon.device,
+                                        dtype=dtype)
+                    block.index_add_(0, out_layer * (p1 - p0) + self._pos[rep] - p0, vecs)
+                    recon.view(self.n_layers, self.n_pos, d)[:, p0:p1] = block.view(
+                        self.n_layers, p1 - p0, d)
+                    del vecs, block
+                p0 = p1
+        recon = recon.reshape(self.n_layers, self.n_pos, d) + b_dec[:, None]
         if W_skip is not None:
             if input_acts is None:
                 raise ValueError("Transcoder has skip connection but no input_acts were provided")
@@ -222,9 +254,11 @@ class ActiveEncoders:
 def attribution_components(transcoder, inputs: torch.Tensor, zero_positions=slice(0, 1),
                            workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
                            lookup_encoders: bool = False) -> dict:
-    """``CrossLayerTranscoder.compute_attribution_components`` with ``ActiveDecoders`` as
-    ``decoder_vecs``. ``decoder_locations`` and ``encoder_to_decoder_map`` are empty (there are
-    no occurrence-level rows), so the generic per-row feature hooks find nothing to do.
+    """attribute()'s variant of ``CrossLayerTranscoder.compute_attribution_components`` (which
+    itself is left as it is): ``ActiveDecoders`` as ``decoder_vecs``, the same activation matrix
+    and, bit for bit, the same reconstruction. ``decoder_locations`` and
+    ``encoder_to_decoder_map`` are empty (there are no occurrence-level rows), so the generic
+    per-row feature hooks find nothing to do.
     ``lookup_encoders`` (only when the transcoder stays in place during attribution):
     ``ActiveEncoders`` instead of a copy of each occurrence's encoder row."""
     features, encoder_vectors = transcoder.encode_sparse(inputs, zero_positions=zero_positions)

@@ -9,6 +9,13 @@ and ranks features without copying the whole edge matrix to the device
 circuit-tracer patch ``bounded-attribution-memory``. The graph is the same (tests/test_attribution_memory.py);
 per-layer transcoders keep upstream's scoring.
 
+Only attribute()'s own calls take these paths: ``compute_attribution_components`` and
+``run_forward_pass`` called directly return and do exactly what upstream's do. Nothing here is
+specific to Qwen: the decoder rows, their scores and the ranking are the same arithmetic for any
+cross-layer transcoder (the reconstruction is upstream's bit for bit), and the shared pattern is
+used only for TransformerLens's own attention classes (rows are one prompt repeated and the
+pattern is detached in every attribution forward pass), so it applies to every model.
+
 Settings: ``QWEN_INTERP_ATTRIBUTION_WORKSPACE_MB`` (default 256) bounds the scratch block of each
 scoring and reconstruction step; ``QWEN_INTERP_BOUNDED_ATTRIBUTION=0`` selects upstream's path.
 Stands down when circuit-tracer ships ``circuit_tracer.attribution.active_decoders`` (the patch).
@@ -16,6 +23,7 @@ Stands down when circuit-tracer ships ``circuit_tracer.attribution.active_decode
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import importlib.util
@@ -57,14 +65,17 @@ def workspace_bytes() -> int:
 
 
 def bounded_components(original):
-    """CrossLayerTranscoder.compute_attribution_components returning ActiveDecoders."""
+    """CrossLayerTranscoder.compute_attribution_components: upstream's method and return value,
+    except for the call attribute() makes itself (its context and hooks are internal to it),
+    which gets ActiveDecoders. Direct callers keep upstream's tensors and contract."""
     @functools.wraps(original)
     def compute_attribution_components(self, inputs, zero_positions=slice(0, 1)):
-        if not enabled():
+        call = _CALL.get()
+        if not enabled() or "offload" not in call:
             return original(self, inputs, zero_positions)
         # Encoder rows can be looked up in the transcoder unless attribute() offloads it.
-        lookup = _CALL.get().get("offload", "unknown") is None
-        return attribution_components(self, inputs, zero_positions, workspace_bytes(), lookup)
+        return attribution_components(self, inputs, zero_positions, workspace_bytes(),
+                                      lookup_encoders=call["offload"] is None)
     compute_attribution_components.__qwen_interp_original__ = original
     return compute_attribution_components
 
@@ -96,7 +107,7 @@ def tl_forward_pass(original):
     """TL ReplacementModel.run_forward_pass with shared_pattern_z in every attention layer."""
     @functools.wraps(original)
     def run_forward_pass(self, input_ids, batch_size, ctx):
-        if not enabled():
+        if not enabled() or "offload" not in _CALL.get():  # only attribute()'s own pass
             return original(self, input_ids, batch_size, ctx)
         with shared_attention_patterns(self.blocks):
             return original(self, input_ids, batch_size, ctx)
@@ -123,16 +134,25 @@ def bounded_influences_fn(original):
     return compute_partial_influences
 
 
+@contextlib.contextmanager
+def attribute_call(offload=None):
+    """The state attribute() sets for its own steps (``per_call_state``); also lets a test run
+    one of those steps, e.g. ``setup_attribution``, as attribute() does."""
+    token = _CALL.set({"offload": offload, "row_sums": {}})
+    try:
+        yield
+    finally:
+        _CALL.reset(token)
+
+
 def per_call_state(original):
     """attribute()'s ``_run_attribution`` with its offload setting and a fresh row-sum cache
-    visible to the patched steps (attribute() passes every argument by keyword)."""
+    visible to the patched steps (attribute() passes every argument by keyword). Their presence
+    is also what selects the bounded transcoder components: only attribute() consumes them."""
     @functools.wraps(original)
     def _run_attribution(*args, **kwargs):
-        token = _CALL.set({"offload": kwargs.get("offload", "unknown"), "row_sums": {}})
-        try:
+        with attribute_call(kwargs.get("offload", "unknown")):
             return original(*args, **kwargs)
-        finally:
-            _CALL.reset(token)
     _run_attribution.__qwen_interp_original__ = original
     return _run_attribution
 

@@ -42,11 +42,20 @@ def shared_pattern_z(attn):
     return calculate_z_scores
 
 
+def reproduces_z(attn) -> bool:
+    """``shared_pattern_z`` is TransformerLens's own ``calculate_z_scores`` (AbstractAttention's,
+    and GroupedQueryAttention's repeat of the KV heads) on a shared pattern; an attention class
+    or instance with its own z computation keeps it."""
+    from transformer_lens.components import AbstractAttention, GroupedQueryAttention
+    return "calculate_z_scores" not in vars(attn) and type(attn).calculate_z_scores in (
+        AbstractAttention.calculate_z_scores, GroupedQueryAttention.calculate_z_scores)
+
+
 @contextlib.contextmanager
 def shared_attention_patterns(blocks):
-    """Within the context, every ``block.attn`` of ``blocks`` uses ``row0_scores`` and
-    ``shared_pattern_z``."""
-    attns = [block.attn for block in blocks]
+    """Within the context, every ``block.attn`` of ``blocks`` whose z computation is
+    TransformerLens's own uses ``row0_scores`` and ``shared_pattern_z``; others run as before."""
+    attns = [block.attn for block in blocks if reproduces_z(block.attn)]
     for attn in attns:
         attn.calculate_attention_scores = row0_scores(attn)
         attn.calculate_z_scores = shared_pattern_z(attn)

@@ -28,6 +28,18 @@ class SAEModelMismatchError(CheckpointError):
     """An SAE is used with a model it was not trained on."""
 
 
+class SAENotCachedError(CheckpointError, FileNotFoundError):
+    """An SAE layer file is not in the local Hugging Face cache and cannot be downloaded."""
+
+    def __init__(self, release: SAERelease | None, repo_id: str, filename: str) -> None:
+        from huggingface_hub import constants
+        name = f"{release.release} layer{layer_of(filename)}" if release else repo_id
+        why = ("HF_HUB_OFFLINE=1 forbids downloading it" if constants.HF_HUB_OFFLINE
+               else "the Hub could not be reached")
+        super().__init__(f"{name}: {filename} of {repo_id} is not in the local Hugging Face "
+                         f"cache and {why}; download it once online (or copy it into the cache)")
+
+
 def _hook_names(registry, release: SAERelease, layer: int) -> tuple[str, str]:
     arch = None
     try:
@@ -84,6 +96,18 @@ def expected_for(registry, cfg: dict, label: str) -> Expected:
                     others=others_from(others))
 
 
+def _hf_hub_download():
+    """The download function SAELens's own loaders call, looked up at each call: tests (SAELens's
+    included) mock ``sae_lens.loading.pretrained_sae_loaders.hf_hub_download``, and a Qwen-Scope
+    download must go through that mock as SAELens's loader would."""
+    try:
+        from sae_lens.loading import pretrained_sae_loaders
+        return pretrained_sae_loaders.hf_hub_download
+    except (ImportError, AttributeError):  # another SAELens layout: the function it wraps
+        from huggingface_hub import hf_hub_download
+        return hf_hub_download
+
+
 class QwenScopeLoader:
     """SAELens's ``qwen_scope`` conversion function: config from SAELens where it knows the
     release (``upstream_config``), else from the registered ``SAERelease``; weights read safely
@@ -109,11 +133,15 @@ class QwenScopeLoader:
     def __call__(self, repo_id: str, folder_name: str, device: str = "cpu",
                  force_download: bool = False, cfg_overrides: dict[str, Any] | None = None,
                  **kwargs):
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import LocalEntryNotFoundError
         cfg = self.config(repo_id, folder_name, device, force_download, cfg_overrides, **kwargs)
         release = release_for_repo(self.registry, repo_id)
         label = f"{release.release if release else repo_id} {folder_name}"
-        path = hf_hub_download(repo_id=repo_id, filename=folder_name, force_download=force_download)
+        try:
+            path = _hf_hub_download()(repo_id=repo_id, filename=folder_name,
+                                      force_download=force_download)
+        except LocalEntryNotFoundError as exc:  # offline, or the Hub unreachable
+            raise SAENotCachedError(release, repo_id, folder_name) from exc
         state = read_layer(path, expected_for(self.registry, cfg, label), group=repo_id)
         if str(device) != "cpu":
             state = {k: v.to(device) for k, v in state.items()}
