@@ -267,7 +267,7 @@ def test_cache_safe_under_concurrent_processes(tmp_path, cache):
                                    for k in sorted(expected))).hexdigest()
     assert digests == {want}
     files = sorted(p.name for p in (cache / "saes" / "concurrent").iterdir())
-    assert len(files) == 2 and files[0].endswith(".safetensors") and files[1].endswith(".lock")
+    assert len(files) == 1 and files[0].endswith(".safetensors")  # no temporaries, no lock file
 
 
 # --- local folders and listing -------------------------------------------------------------------

@@ -11,7 +11,12 @@ Only torch and safetensors are needed here (no SAELens), so the cache also serve
   ``W_dec`` (d_sae, d_model)) in a safetensors file; every read returns tensors memory-mapped
   from that file (no private copy; pages come from the OS page cache, shared between processes).
   Writes go to a temporary file that is renamed into place, under an advisory lock, so
-  concurrent processes never see a partial file and convert a layer once.
+  concurrent processes never see a partial file and convert a layer once; a temporary left by a
+  killed conversion is deleted by the next one (``qwen_interp.atomic``).
+- Checked: each cache file records a hash of its tensors and its source's size and mtime. The
+  hash is verified on the first load of the file in each process (and again if the file changes
+  on disk): +0.02-0.06 s on the first load of a 537 MB layer (page-cached), nothing after. A
+  damaged file is reported once, deleted and converted again from the source; never returned.
 
 Cache location: ``$QWEN_INTERP_CACHE/saes``, else ``$XDG_CACHE_HOME/qwen-interp/saes``, else
 ``~/.cache/qwen-interp/saes``. ``QWEN_INTERP_SAE_CACHE=0`` reads the pickle every time (still safely).
@@ -23,21 +28,23 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from qwen_interp.atomic import file_lock
+from qwen_interp.atomic import (HASH_NAME, digest, file_lock, lock_path, remove_leftovers,
+                                temp_file)
 from qwen_interp.errors import CheckpointError
 from qwen_interp.paths import cache_root  # one root for every plugin
 
 ENV_SAE_CACHE_ENABLED = "QWEN_INTERP_SAE_CACHE"
-CACHE_FORMAT = "qwen-interp-sae-v1"
+CACHE_FORMAT = "qwen-interp-sae-v2"  # v2: tensor hash and source fingerprint in the metadata
+log = logging.getLogger(__name__)
 KEYS = ("W_enc", "W_dec", "b_enc", "b_dec")
 
 
@@ -47,6 +54,10 @@ class SAEFileError(CheckpointError):
 
 class UnsafeCheckpointError(SAEFileError):
     """A checkpoint's pickle would run code; it was refused and nothing in it ran."""
+
+
+class OutdatedCacheFile(SAEFileError):
+    """A cache file written by an earlier version (converted again; nothing is wrong)."""
 
 
 @dataclass(frozen=True)
@@ -183,18 +194,52 @@ def to_saelens_layout(raw) -> dict:
 
 
 # --- cache -----------------------------------------------------------------------------------
-def open_cached(path: Path, expected: Expected) -> dict:
-    """Tensors of a cached conversion, memory-mapped (copy-on-write: edits never reach the file)."""
+# Cache files whose tensor hash matched in this process: path -> os.stat identity then. A file
+# changed on disk since (other size, mtime or inode) is hashed again.
+_verified: dict[str, tuple[int, int, int, int]] = {}
+
+
+def _stat_id(path) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _source_fingerprint(source) -> dict[str, str]:
+    st = os.stat(source)
+    return {"source_size": str(st.st_size), "source_mtime_ns": str(st.st_mtime_ns)}
+
+
+def _tensor_digest(tensors: dict) -> str:
+    return digest(tensors[k].numpy() for k in KEYS)  # contiguous fp32: hashed without a copy
+
+
+def open_cached(path: Path, expected: Expected, source=None) -> dict:
+    """Tensors of a cached conversion, memory-mapped (copy-on-write: edits never reach the file),
+    checked against the hash recorded at conversion (first load in this process) and, if
+    ``source`` is given, against the source's size and mtime."""
     from safetensors import safe_open
     want = {"W_enc": (expected.d_model, expected.d_sae), "W_dec": (expected.d_sae, expected.d_model),
             "b_enc": (expected.d_sae,), "b_dec": (expected.d_model,)}
     with safe_open(str(path), framework="pt", device="cpu") as f:
-        if (f.metadata() or {}).get("format") != CACHE_FORMAT or set(f.keys()) != set(KEYS):
+        meta = f.metadata() or {}
+        if meta.get("format") != CACHE_FORMAT and str(meta.get("format")).startswith(
+                "qwen-interp-sae-"):
+            raise OutdatedCacheFile(f"{path}: a {meta['format']} cache file")
+        if meta.get("format") != CACHE_FORMAT or set(f.keys()) != set(KEYS):
             raise SAEFileError(f"{path}: not a {CACHE_FORMAT} cache file")
         out = {k: f.get_tensor(k) for k in KEYS}
     got = {k: tuple(v.shape) for k, v in out.items()}
     if got != want:
         raise SAEFileError(f"{path}: cached shapes {got} differ from {expected.label}'s {want}")
+    if source is not None and any(meta.get(k) != v for k, v in _source_fingerprint(source).items()):
+        raise SAEFileError(f"{path}: converted from another version of {source} (size/mtime "
+                           f"{meta.get('source_size')}/{meta.get('source_mtime_ns')})")
+    stamp = _stat_id(path)
+    if _verified.get(str(path)) != stamp:
+        if _tensor_digest(out) != meta.get(HASH_NAME):
+            raise SAEFileError(f"{path}: the tensors do not match the {HASH_NAME} hash recorded "
+                               f"when the file was written (the file was changed on disk)")
+        _verified[str(path)] = stamp
     return out
 
 
@@ -202,13 +247,15 @@ def write_atomic(tensors: dict, target: Path, source: str) -> None:
     """Write a safetensors file next to ``target`` and rename it into place."""
     from safetensors.torch import save_file
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tmp = temp_file(target)
     try:
-        save_file(tensors, tmp, metadata={"format": CACHE_FORMAT, "source": str(source)})
+        save_file(tensors, tmp, metadata={"format": CACHE_FORMAT, "source": str(source),
+                                          HASH_NAME: _tensor_digest(tensors),
+                                          **_source_fingerprint(source)})
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+        _verified[str(target)] = _stat_id(target)  # we hashed exactly what we wrote
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -227,19 +274,25 @@ def read_layer(source: str | os.PathLike, expected: Expected, group: str | None 
         return to_saelens_layout(raw)
     target = cache_path(source, group or source.parent.name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(target.with_name(target.name + ".lock")):
+    with file_lock(lock_path(target)):
+        remove_leftovers(target.parent, own=target)  # of conversions killed earlier
         if target.exists():
             try:
-                return open_cached(target, expected)
-            except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt from the source
-                target.unlink(missing_ok=True)
+                return open_cached(target, expected, source)
+            except OutdatedCacheFile:
+                log.info("qwen-interp: converting %s again (cache format now %s)", source,
+                         CACHE_FORMAT)
+            except Exception as exc:  # noqa: BLE001 - damage is rebuilt from the source, once
+                log.warning("qwen-interp: cached SAE layer is damaged: %s; deleted, converting %s "
+                            "again", exc, source)
+            target.unlink(missing_ok=True)
         raw = load_pickle_safely(source, expected)
         validate(raw, source, expected)
         converted = to_saelens_layout(raw)
         del raw
         write_atomic(converted, target, str(source))
         del converted  # the returned tensors are the mapped file, not this copy
-    return open_cached(target, expected)
+    return open_cached(target, expected, source)
 
 
 def others_from(releases: Iterable) -> tuple[tuple[str, int, int], ...]:

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import pluggy
 
 from . import import_watch
-from .plugins import is_initializing, load_entry_point_plugins, new_plugin_manager
-from .registry import Registry, collect
+from .plugins import (hook_problems, is_initializing, load_entry_point_plugins, new_plugin_manager,
+                      register_checked, skip)
+from .registry import Registry, RegistryError, collect
 
 log = logging.getLogger(__name__)
 _lock = threading.RLock()
@@ -27,6 +28,10 @@ class State:
     registry: Registry
     plugin_names: list[str]
     adapter_errors: dict[str, str] = field(default_factory=dict)
+    # Installed plugins left out, and why (failed to import, hook raised, malformed record,
+    # conflict with an earlier plugin); and problems that did not stop a plugin from loading.
+    skipped_plugins: dict[str, str] = field(default_factory=dict)
+    plugin_warnings: list[str] = field(default_factory=list)
 
 
 _state: State | None = None
@@ -61,8 +66,11 @@ def activate() -> None:
         if _state is not None:
             return
         pm = new_plugin_manager()
-        names = load_entry_point_plugins(pm, _pending)
-        _install(State(pm=pm, registry=collect(pm), plugin_names=names))
+        skipped, warnings = {}, []
+        names = load_entry_point_plugins(pm, _pending, skipped, warnings)
+        reg = _collect_skipping(pm, names, skipped)
+        _install(State(pm=pm, registry=reg, plugin_names=names, skipped_plugins=skipped,
+                       plugin_warnings=warnings))
         if _pending:
             import_watch.before_any_import(_register_pending)
 
@@ -80,20 +88,27 @@ def _register_pending() -> None:
         if not _pending:
             import_watch.before_any_import(None)
         st = _state
-        for name, mod in ready:
-            st.pm.register(mod, name=name)
-        _reinstall(st, collect(st.pm), sorted([*st.plugin_names, *(n for n, _ in ready)]))
+        added = [name for name, mod in ready
+                 if register_checked(st.pm, mod, name, st.skipped_plugins, st.plugin_warnings)]
+        names = sorted([*st.plugin_names, *added])
+        reg = _collect_skipping(st.pm, names, st.skipped_plugins, skippable=set(added))
+        _reinstall(st, reg, names)
 
 
 def register_plugin(plugin, name: str | None = None) -> None:
     """Register a plugin object (module, class or instance with ``@hookimpl`` functions) at run
-    time. Its records take effect at once; if they conflict, nothing changes."""
+    time. Its records take effect at once. If its hooks raise, its records are malformed or
+    conflict with another plugin's, or a hook would never be called, this raises (naming the
+    plugins) and nothing changes."""
     with _lock:
         st = state()
         if st.pm.is_registered(plugin):
             return
         name = st.pm.register(plugin, name=name)
         try:
+            problems = hook_problems(st.pm, plugin)
+            if problems:
+                raise RegistryError(f"plugin {name!r}: {'; '.join(problems)}", (name,))
             reg = collect(st.pm)
         except Exception:
             st.pm.unregister(plugin)
@@ -123,6 +138,26 @@ def deactivate() -> None:
         _state = None
 
 
+def _collect_skipping(pm: pluggy.PluginManager, names: list[str], skipped: dict[str, str],
+                      skippable: set[str] | None = None) -> Registry:
+    """``collect(pm)``, skipping (unregistering, removing from ``names``, reporting) each installed
+    plugin that ``collect`` blames, until the rest collect cleanly. ``skippable`` limits whom
+    (default: ``names``); an error blaming no skippable plugin is raised."""
+    while True:
+        try:
+            return collect(pm)
+        except RegistryError as exc:
+            culprit = next((p for p in reversed(exc.plugins)
+                            if p in (names if skippable is None else skippable)), None)
+            if culprit is None:
+                raise
+            pm.unregister(name=culprit)
+            names.remove(culprit)
+            if skippable is not None:
+                skippable.discard(culprit)
+            skip(skipped, culprit, str(exc))
+
+
 def _install(st: State) -> None:
     global _state
     _state = st
@@ -132,13 +167,18 @@ def _install(st: State) -> None:
 
 def _reinstall(old: State, reg: Registry, names: list[str]) -> None:
     _disarm(old)
-    _install(State(pm=old.pm, registry=reg, plugin_names=names))
+    _install(State(pm=old.pm, registry=reg, plugin_names=names,
+                   skipped_plugins=old.skipped_plugins, plugin_warnings=old.plugin_warnings))
 
 
 def _disarm(st: State) -> None:
     import_watch.cancel_all()
     for adapter in reversed(list(st.registry.adapters.values())):
-        adapter.deactivate()
+        try:
+            adapter.deactivate()
+        except Exception as exc:  # noqa: BLE001 - one adapter must not keep the others armed
+            st.adapter_errors[adapter.name] = f"deactivate: {type(exc).__name__}: {exc}"
+            log.warning("qwen-interp adapter %r failed to deactivate: %s", adapter.name, exc)
 
 
 def _activator(adapter, st: State):
@@ -146,7 +186,10 @@ def _activator(adapter, st: State):
         try:
             adapter.activate(st.registry)
         except Exception as exc:  # noqa: BLE001 - upstream import must not break because of us
-            adapter.deactivate()
+            try:
+                adapter.deactivate()
+            except Exception:  # noqa: BLE001 - reported with the activation error below
+                log.exception("qwen-interp adapter %r failed to undo itself", adapter.name)
             st.adapter_errors[adapter.name] = f"{type(exc).__name__}: {exc}"
             log.warning("qwen-interp adapter %r failed and was undone: %s", adapter.name, exc)
     return run

@@ -11,6 +11,16 @@ from typing import Any
 _MISSING = object()
 
 
+def _own_entry(obj: Any, name: str) -> Any:
+    """What undo must put back for ``obj.name``: the raw entry of ``obj``'s own namespace, not
+    ``getattr`` (which binds a classmethod to ``obj`` and finds inherited attributes: restoring
+    that would leave a bound method, or a copy of the parent's attribute, in the class)."""
+    ns = getattr(obj, "__dict__", None)
+    if ns is None:
+        return getattr(obj, name, _MISSING)
+    return ns.get(name, _MISSING)
+
+
 class PatchSet:
     def __init__(self) -> None:
         self._undo: list[tuple[str, Any, Any, Any]] = []
@@ -21,9 +31,14 @@ class PatchSet:
     def setattr(self, obj: Any, name: str, value: Any, restore: Any = _MISSING) -> None:
         """Set ``obj.name``; undo puts back what was there, or ``restore`` if given (for a module
         that imported one of our wrappers by name: upstream would hold the original there)."""
-        old = getattr(obj, name, _MISSING) if restore is _MISSING else restore
+        old = _own_entry(obj, name) if restore is _MISSING else restore
         self._undo.append(("attr", obj, name, old))
         setattr(obj, name, value)
+
+    def targets(self) -> list[tuple[Any, str]]:
+        """``(object, attribute name)`` of every attribute set now, in the order they were set
+        (for tests that compare upstream before and after)."""
+        return [(obj, key) for kind, obj, key, _ in self._undo if kind == "attr"]
 
     def append(self, target: list, item: Any) -> None:
         """Append ``item`` to a list in place (upstream modules import the list object itself)."""
@@ -39,7 +54,9 @@ class PatchSet:
             kind, obj, key, old = self._undo.pop()
             if kind == "attr":
                 if old is _MISSING:
-                    delattr(obj, key)
+                    # It was inherited (or absent): drop ours so lookup finds the original again.
+                    if _own_entry(obj, key) is not _MISSING:
+                        delattr(obj, key)
                 else:
                     setattr(obj, key, old)
             elif kind == "append":
