@@ -224,17 +224,13 @@ def test_release_without_config_yaml_takes_hooks_from_registry(qwen_offline_hub,
     release = qwen_registry.transcoder_release("bluelight-qwen3-0.6b")
     model_dir = qwen_offline_hub.model(spec)
 
-    def write(folder):
-        write_hub_clt(folder, release, model_dir, 16, 0.15)
-        (folder / "config.yaml").unlink()
-
-    snap = qwen_offline_hub.snapshot(release.repo_id, write)
-    # Another test of this session may have built the release first, with its config.yaml:
-    # hide that file for this test and put it back afterwards.
+    snap = qwen_offline_hub.snapshot(
+        release.repo_id, lambda folder: write_hub_clt(folder, release, model_dir, 16, 0.15))
+    # The snapshot is shared with other tests of this session, which need its config.yaml:
+    # hide that file for this test only and put it back afterwards.
     config_yaml = snap / "config.yaml"
     hidden = snap / ".config.yaml.hidden"
-    if config_yaml.exists():
-        config_yaml.rename(hidden)
+    config_yaml.rename(hidden)
     try:
         assert not config_yaml.exists()
         clt, config = load_transcoder_from_hub("bluelight-qwen3-0.6b", device=CPU)
