@@ -29,7 +29,8 @@ def add_nnsight_feature_hooks(root: Path, registry) -> dict[str, str]:
         body_start = anchor + len("feature_hook_mapping={\n")
         body = text[body_start:text.find("},", body_start)]
         missing = {k: v for k, v in nnsight_feature_hooks(hook_map).items() if f'"{k}"' not in body}
-        entries = "".join(f'            "{k}": ("{loc}", "{port}"),\n'
+        indent = body[:len(body) - len(body.lstrip(" "))]  # the first entry's (wheel vs head)
+        entries = "".join(f'{indent}"{k}": ("{loc}", "{port}"),\n'
                           for k, (loc, port) in missing.items())
         text = text[:body_start] + entries + text[body_start:]
     return {MAPPING: text} if text != (root / MAPPING).read_text() else {}

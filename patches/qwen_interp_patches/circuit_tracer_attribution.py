@@ -1,5 +1,9 @@
 """circuit-tracer: the ``circuit_tracer_attribution`` adapter as a source change. The three
-torch-only modules the plugin runs are shipped unchanged; the edits wire them in."""
+torch-only modules the plugin runs are shipped unchanged; the edits wire them in. Only
+``attribute()`` takes the bounded path (``setup_attribution(..., bounded_memory=True)`` ->
+``CrossLayerTranscoder.compute_bounded_attribution_components``): the public
+``compute_attribution_components`` and a direct ``setup_attribution`` keep upstream's return
+values, which upstream's own tests check."""
 
 from __future__ import annotations
 
@@ -24,6 +28,32 @@ TL_ATTRIBUTE = "circuit_tracer/attribution/attribute_transformerlens.py"
 FORWARD = re.compile(r"^( *)with ctx\.install_hooks\((\w+)\):\n +residual = \2\.forward\(",
                      re.MULTILINE)
 TL_MODEL = "circuit_tracer/replacement_model/replacement_model_transformerlens.py"
+NNSIGHT_MODEL = "circuit_tracer/replacement_model/replacement_model_nnsight.py"
+SETUP = "    def setup_attribution(self, inputs: str | torch.Tensor):\n"
+# setup_attribution's call of the transcoders (groups: indent, ``self.transcoders`` or
+# ``transcoders``, the arguments), up to its closing parenthesis.
+COMPONENTS_CALL = re.compile(
+    r"^( *)attribution_data = ((?:self\.)?transcoders)\.compute_attribution_components\(\n"
+    r" *([^()\n]+?),?\n *\)", re.MULTILINE)
+SETUP_DOC = "                batching) for now\n"
+# attribute()'s own call: wheel attribute.py, or each backend's attribute_<backend>.py (head).
+RUN_SETUP = "    ctx = model.setup_attribution(input_ids)\n"
+BOUNDED_NAME = "compute_bounded_attribution_components"
+# A new CrossLayerTranscoder method next to compute_attribution_components, which stays as is.
+BOUNDED_METHOD = '''
+    def compute_bounded_attribution_components(self, inputs, zero_positions: slice = slice(0, 1)):
+        """``compute_attribution_components`` as ``attribute()`` uses it, with bounded memory.
+
+        Same activation matrix and encoder vectors, and bit for bit the same reconstruction, but
+        ``decoder_vecs`` is an ``ActiveDecoders``: each active (layer, feature) decoder row read
+        once, scored in bounded blocks by the attribution contexts. ``decoder_locations`` and
+        ``encoder_to_decoder_map`` are empty (there are no per-occurrence rows), so this is not
+        a drop-in for ``compute_attribution_components``, which is unchanged.
+        """
+        from circuit_tracer.attribution.active_decoders import attribution_components
+
+        return attribution_components(self, inputs, zero_positions)
+'''
 
 
 def _plugin_module(name: str) -> str:
@@ -40,13 +70,39 @@ def _replace(text: str, old: str, new: str, path: str) -> str:
     return text.replace(old, new, 1)
 
 
-def _replace_method(text: str, signature: str, body: str, path: str) -> str:
-    """Replace the method starting at ``signature`` up to the next method of the class."""
+def _add_method_after(text: str, signature: str, method: str, path: str) -> str:
+    """Insert ``method`` (source text of one method) after the method that starts at
+    ``signature``, before the next method of the class, one blank line on each side."""
     start = text.find(signature)
     if start < 0:
         raise UpstreamLayoutChanged(f"{path}: {signature.strip()!r} not found")
     end = text.find("\n    def ", start + len(signature))
-    return text[:start] + signature + body + text[end + 1:]
+    if end < 0:
+        raise UpstreamLayoutChanged(f"{path}: no method after {signature.strip()!r}")
+    return text[:end] + "\n" + method.strip("\n") + "\n" + text[end:]
+
+
+def _bounded_setup(text: str, path: str) -> str:
+    """``setup_attribution(inputs, *, bounded_memory=False)``: with ``bounded_memory`` (only
+    attribute() passes it) the transcoders' ``compute_bounded_attribution_components`` where
+    they have one; without it, exactly upstream's call."""
+    text = _replace(text, SETUP, SETUP.replace("):", ", *, bounded_memory: bool = False):"), path)
+    doc = ("            bounded_memory (bool): call the transcoders'\n"
+           "                ``compute_bounded_attribution_components`` where they have one (as\n"
+           "                ``attribute()`` does), else ``compute_attribution_components``\n")
+    text = _replace(text, SETUP_DOC, SETUP_DOC + doc, path)
+    calls = list(COMPONENTS_CALL.finditer(text))
+    if len(calls) != 1:
+        raise UpstreamLayoutChanged(f"{path}: expected one `attribution_data = "
+                                    f"<transcoders>.compute_attribution_components(`, "
+                                    f"found {len(calls)}")
+    m = calls[0]
+    i, obj, args = m.groups()
+    return (text[:m.start()] +
+            f"{i}compute = {obj}.compute_attribution_components\n"
+            f"{i}if bounded_memory and hasattr({obj}, \"{BOUNDED_NAME}\"):\n"
+            f"{i}    compute = {obj}.compute_bounded_attribution_components\n"
+            f"{i}attribution_data = compute({args})" + text[m.end():])
 
 
 def bounded_attribution(root: Path, registry) -> dict[str, str]:
@@ -56,13 +112,12 @@ def bounded_attribution(root: Path, registry) -> dict[str, str]:
     for name, names in USED.items():  # the glue below calls these: fail here, not in upstream
         require_standalone(edits[f"circuit_tracer/attribution/{name}"], f"plugin {name}")
         require_names(edits[f"circuit_tracer/attribution/{name}"], names, f"plugin {name}")
-    edits[CLT] = _replace_method(
+    edits[CLT] = _add_method_after(
         (root / CLT).read_text(),
         "    def compute_attribution_components(self, inputs, zero_positions: slice = slice(0, 1)):\n",
-        '        """Active features, their encoder rows, the reconstruction, and the decoder rows\n'
-        "        of the active features read once per (layer, feature) (``ActiveDecoders``).\"\"\"\n"
-        "        from circuit_tracer.attribution.active_decoders import attribution_components\n\n"
-        "        return attribution_components(self, inputs, zero_positions)\n\n", CLT)
+        BOUNDED_METHOD, CLT)
+    for rel in (TL_MODEL, NNSIGHT_MODEL):
+        edits[rel] = _bounded_setup((root / rel).read_text(), rel)
     tl = (root / TL_CONTEXT).read_text()
     tl = _replace(tl, "from transformer_lens.hook_points import HookPoint\n",
                   "from transformer_lens.hook_points import HookPoint\n\n"
@@ -94,6 +149,14 @@ def bounded_attribution(root: Path, registry) -> dict[str, str]:
         text = (root / rel).read_text().replace(graph_import, "from circuit_tracer.graph import Graph\n")
         edits[rel] = add_import(text, "circuit_tracer.attribution.bounded_influences",
                                 "compute_partial_influences", rel)
+    callers = [f"{ATTRIBUTION_DIR}/{f.name}" for f in sorted((root / ATTRIBUTION_DIR).glob("*.py"))
+               if RUN_SETUP in f.read_text()]
+    if not callers:
+        raise UpstreamLayoutChanged(f"{ATTRIBUTION_DIR}: no `{RUN_SETUP.strip()}` in attribute()")
+    for rel in callers:
+        edits[rel] = _replace(edits.get(rel) or (root / rel).read_text(), RUN_SETUP,
+                              RUN_SETUP.replace("(input_ids)", "(input_ids, bounded_memory=True)"),
+                              rel)
     # The TransformerLens forward pass of attribute(): in the replacement model (0.5.0 wheel) or
     # in attribute_transformerlens.py (upstream head).
     hits = [(rel, m) for rel in (TL_MODEL, TL_ATTRIBUTE) if (root / rel).is_file()
@@ -119,13 +182,21 @@ PATCH = Patch(
     "per (active feature occurrence, output layer) and each backward hook gathers "
     "`grads[:, positions]` into a (batch, occurrences, d_model) tensor: with Qwen3-1.7B and a "
     "28 x 20,480 CLT that gather is ~50 GB at batch 256 for a 16-token prompt, and the rows are "
-    "133 GB for 1,000 tokens. This keeps each active (layer, feature) decoder row once "
-    "(`ActiveDecoders`) and scores occurrences position by position with one bmm over a padded "
-    "block of at most 256 MB; `compute_partial_influences` no longer copies the whole edge "
+    "133 GB for 1,000 tokens. In `attribute()`, this keeps each active (layer, feature) decoder "
+    "row once (`ActiveDecoders`) and scores occurrences position by position with one bmm over a "
+    "padded block of at most 256 MB. `compute_attribution_components` keeps its contract "
+    "(per-occurrence `decoder_vecs`, `decoder_locations`, `encoder_to_decoder_map`, as "
+    "`test_compute_attribution_components` checks) and is unchanged: the bounded components "
+    "come from a new `CrossLayerTranscoder.compute_bounded_attribution_components`, which "
+    "`setup_attribution` calls only when `attribute()` passes `bounded_memory=True` (a direct "
+    "`setup_attribution(inputs)` returns what it did before; per-layer transcoders keep their "
+    "scoring). `compute_partial_influences` no longer copies the whole edge "
     "matrix to the GPU; and the TransformerLens backend computes and keeps one frozen attention "
     "pattern per layer instead of one per batch row (the rows are the same prompt). The elementwise products are unchanged (only dot-product "
     "summation order can differ): on Qwen3 test models (fp32) node sets are identical and "
-    "|dA| <= 1e-5 max|A| on both backends (tested in qwen-interp, with transformer-lens 3.2.1; "
+    "|dA| <= 1e-5 max|A| on both backends, the reconstruction is bit-identical, and "
+    "`tests/transcoder/test_cross_layer_transcoder.py` passes (tested in qwen-interp, with "
+    "transformer-lens 3.2.1; "
     "4.0 removed `HookedTransformer`, which the TransformerLens backend subclasses, #115).",
     bounded_attribution,
     refs=("#92: long-context OOM on an H100 80GB (2,300+ tokens)",

@@ -281,8 +281,11 @@ TL_GENERATE = ("        generation: str = self.generate(inputs, **kwargs)  # typ
                "        generation: str = self.generate(batch, **kwargs)  # type:ignore\n")
 # nnsight counted positions by re-tokenizing the input, which fails for tokens.
 NN_N_POS = ("            n_pos = len(self.tokenizer(inputs).input_ids)\n",
-            "            n_pos = (inputs.shape[-1] if isinstance(inputs, torch.Tensor)\n"
-            "                     else len(self.tokenizer(inputs).input_ids))\n")
+            "            n_pos = (\n"
+            "                inputs.shape[-1]\n"
+            "                if isinstance(inputs, torch.Tensor)\n"
+            "                else len(self.tokenizer(inputs).input_ids)\n"
+            "            )\n")  # as `ruff format` (upstream's CI) writes it
 
 
 def add_first_position(root: Path, registry) -> dict[str, str]:
