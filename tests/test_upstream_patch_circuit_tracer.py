@@ -235,3 +235,39 @@ def test_nnsight_mappings_in_both_upstream_layouts():
     head.get_mapping = lambda arch: None
     head.OTHER = {"model_architecture": "not a mapping"}
     assert nnsight_mappings(head) == {"Qwen3ForCausalLM": head.qwen_3_mapping}
+
+
+ADD_METADATA = """
+import json, os, sys
+import circuit_tracer
+assert circuit_tracer.__file__.startswith(sys.argv[1]), circuit_tracer.__file__
+from circuit_tracer.frontend.utils import add_graph_metadata
+os.makedirs("graph_files")
+try:
+    add_graph_metadata({"slug": "seed"}, "graph_files")   # relative, as users type it
+except AssertionError as exc:
+    print(json.dumps({"error": str(exc)}))
+else:
+    print(json.dumps(json.load(open("graph_files/graph-metadata.json"))))
+"""
+
+
+@pytest.mark.parametrize("patched", [False, True])
+def test_graph_metadata_into_a_relative_folder(patched, patched_root, tmp_path):
+    """Upstream's add_graph_metadata fails on a relative folder (dirname is ""); the patch
+    `graph-files-relative-dir` fixes it. Plugins off, in a fresh interpreter."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    root = str(patched_root) if patched else os.path.dirname(
+        importlib.util.find_spec("circuit_tracer").submodule_search_locations[0])
+    env = {**os.environ, "QWEN_INTERP_PLUGINS": "", "PYTHONPATH": root if patched else ""}
+    out = subprocess.run([sys.executable, "-c", ADD_METADATA, root], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if patched:
+        assert result == {"graphs": [{"slug": "seed"}]}
+    else:
+        assert result == {"error": "Could not find "}

@@ -36,6 +36,24 @@ def add_nnsight_feature_hooks(root: Path, registry) -> dict[str, str]:
     return {MAPPING: text} if text != (root / MAPPING).read_text() else {}
 
 
+FRONTEND_UTILS = "circuit_tracer/frontend/utils.py"
+RELATIVE_ASSERT = ('    assert os.path.exists(os.path.dirname(path)), '
+                   'f"Could not find {os.path.dirname(path)}"\n')
+
+
+def fix_relative_graph_dir(root: Path, registry) -> dict[str, str]:
+    """``add_graph_metadata`` asserts that ``dirname(path)`` exists, which is ``""`` for a
+    relative folder such as ``graph_files``: resolve the path first."""
+    text = (root / FRONTEND_UTILS).read_text()
+    if RELATIVE_ASSERT not in text:
+        if "os.path.abspath(path)" in text:
+            return {}  # already upstream
+        raise UpstreamLayoutChanged(f"{FRONTEND_UTILS}: add_graph_metadata's check has changed")
+    fixed = ("    path = os.path.abspath(path)  # dirname() of a relative folder name is \"\"\n"
+             + RELATIVE_ASSERT)
+    return {FRONTEND_UTILS: text.replace(RELATIVE_ASSERT, fixed, 1)}
+
+
 PROJECT = Project(
     distribution="circuit-tracer",
     package="circuit_tracer",
@@ -91,6 +109,14 @@ PROJECT = Project(
               add_first_position,
               refs=("#79 (open PR, transformers v5): also routes the nnsight backend's trace "
                     "inputs through `ensure_tokenized`; the two touch the same methods",)),
+        Patch("graph-files-relative-dir", "Graph files into a relative folder",
+              "`create_graph_files(graph, slug, output_path=\"graph_files\")` (and "
+              "`circuit-tracer attribute --graph_file_dir graph_files`) wrote the graph JSON and "
+              "then failed in `add_graph_metadata` with `AssertionError: Could not find `: the "
+              "check is `os.path.exists(os.path.dirname(path))`, and the dirname of a relative "
+              "folder name is the empty string. The viewer's `graph-metadata.json` was never "
+              "written. The path is now made absolute before the check.",
+              fix_relative_graph_dir),
         # Last: it rewrites methods the others leave alone.
         BOUNDED_ATTRIBUTION,
     ),
