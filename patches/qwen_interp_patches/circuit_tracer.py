@@ -45,9 +45,9 @@ def fix_relative_graph_dir(root: Path, registry) -> dict[str, str]:
     """``add_graph_metadata`` asserts that ``dirname(path)`` exists, which is ``""`` for a
     relative folder such as ``graph_files``: resolve the path first."""
     text = (root / FRONTEND_UTILS).read_text()
+    if "os.path.abspath(path)" in text:
+        return {}  # already upstream
     if RELATIVE_ASSERT not in text:
-        if "os.path.abspath(path)" in text:
-            return {}  # already upstream
         raise UpstreamLayoutChanged(f"{FRONTEND_UTILS}: add_graph_metadata's check has changed")
     fixed = ("    path = os.path.abspath(path)  # dirname() of a relative folder name is \"\"\n"
              + RELATIVE_ASSERT)
