@@ -64,9 +64,10 @@ def sha(tensors: dict) -> str:
                                    for k in sorted(tensors))).hexdigest()
 
 
-def load_sae(source: Path, cache: Path, d_model: int = 256, d_sae: int = 4096,
-             wait: bool = True):
-    cmd = [sys.executable, "-c", LOAD_SAE, str(source), str(d_model), str(d_sae)]
+def run_script(script: str, args, cache: Path, wait: bool):
+    """``script`` in a fresh interpreter on ``cache``: finished (asserted to succeed) or, with
+    ``wait=False``, still running (to be killed)."""
+    cmd = [sys.executable, "-c", script, *map(str, args)]
     env = {**os.environ, "QWEN_INTERP_CACHE": str(cache)}
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -74,6 +75,11 @@ def load_sae(source: Path, cache: Path, d_model: int = 256, d_sae: int = 4096,
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return proc
+
+
+def load_sae(source: Path, cache: Path, d_model: int = 256, d_sae: int = 4096,
+             wait: bool = True):
+    return run_script(LOAD_SAE, (source, d_model, d_sae), cache, wait)
 
 
 def damaged_message(entry: Path, source: Path) -> str:
@@ -202,13 +208,9 @@ def native_clt(tmp_path: Path, n_layers: int, d_model: int, d_latent: int) -> Pa
 
 
 def convert_clt(src: Path, cache: Path, wait: bool = True):
-    cmd = [sys.executable, "-c", CONVERT_CLT, str(src)]
-    env = {**os.environ, "QWEN_INTERP_CACHE": str(cache)}
+    proc = run_script(CONVERT_CLT, (src,), cache, wait)
     if not wait:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
+        return proc
     return proc, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
