@@ -109,15 +109,11 @@ def resolve_device(device: str | None):
 
 
 def check_prompt(prompt) -> str:
-    if not isinstance(prompt, str):
-        raise ValueError(f"prompt must be a str, got {type(prompt).__name__}")
-    if not prompt.strip():
+    """The command line's prompt: not blank, and text a tokenizer can read (``inputs``)."""
+    from .inputs import check_prompt as check_text
+    if isinstance(prompt, str) and not prompt.strip():
         raise ValueError("the prompt is empty: there is no token to attribute")
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"the prompt is not valid text: {exc.object[exc.start:exc.end]!r} at "
-                         f"character {exc.start} (invalid UTF-8 on the command line?)") from None
+    check_text(prompt, "the prompt")
     return prompt
 
 
