@@ -244,7 +244,7 @@ def build_small() -> str:
     os.environ.update(HF_HOME=str(home), HF_HUB_OFFLINE="1")
     reg = use_checkout_plugins("qwen_interp_qwen3", "qwen_interp_transformerlens",
                                "qwen_interp_circuit_tracer")
-    from qwen_interp.testing.hub import OfflineHub
+    from qwen_interp.apps.testing.hub import OfflineHub
     hub = OfflineHub(home)
     hub.model(reg.model(MODEL))
     hub.transcoder(reg.transcoder_release(RELEASE), reg.model(MODEL))

@@ -98,8 +98,8 @@ def main() -> None:
     os.environ.update({k: env[k] for k in ("HF_HOME", "HF_HUB_OFFLINE")})
     import_sae_lens()
     registry = use_checkout_plugins(*PLUGINS)
-    from qwen_interp.testing.hub import OfflineHub
-    from qwen_interp.testing.sae_hub import qwen_scope_snapshot
+    from qwen_interp.apps.testing.hub import OfflineHub
+    from qwen_interp.apps.testing.sae_hub import qwen_scope_snapshot
     rel = registry.sae_releases[RELEASE]
     snap = qwen_scope_snapshot(OfflineHub(work / "hf"), rel, [0])
     size = (snap / "layer0.sae.pt").stat().st_size

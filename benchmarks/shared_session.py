@@ -163,7 +163,7 @@ def main() -> None:
     from sae_lens import HookedSAETransformer
     from transformer_lens import HookedTransformer
 
-    from qwen_interp.session import Session, shared_model_class
+    from qwen_interp.apps.session import Session, shared_model_class
     processing = dict(fold_ln=False, center_writing_weights=False, center_unembed=False,
                       device=DEVICE, dtype=dtype())
     tokens = torch.randint(0, 150000, (BATCH, SEQ), device=DEVICE,

@@ -5,8 +5,8 @@
 
 import torch
 
-from qwen_interp.session import Session
-from qwen_interp.trace import SEED_PROMPT, top_nodes
+from qwen_interp.apps.session import Session
+from qwen_interp.apps.trace import SEED_PROMPT, top_nodes
 
 session = Session.from_pretrained("Qwen/Qwen3-1.7B-Base", "bluelightai/clt-qwen3-1.7b-base-20k",
                                   dtype=torch.bfloat16)

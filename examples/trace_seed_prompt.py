@@ -9,7 +9,7 @@ import torch
 import qwen_interp  # noqa: F401 - arms the TransformerLens and circuit-tracer adapters
 from circuit_tracer import ReplacementModel, attribute
 
-from qwen_interp.trace import SEED_PROMPT, top_nodes
+from qwen_interp.apps.trace import SEED_PROMPT, top_nodes
 
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 model = ReplacementModel.from_pretrained("Qwen/Qwen3-1.7B-Base", "bluelightai/clt-qwen3-1.7b-base-20k",

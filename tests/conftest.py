@@ -30,7 +30,7 @@ def run_python(code: str, env: dict | None = None, check: bool = True) -> subpro
 
 def apply_rendered_patch(distribution: str, root):
     """The released source of ``distribution`` with its rendered patch applied by `git apply`."""
-    from qwen_interp import upstream
+    from qwen_interp.apps import upstream
     upstream.copy_released_source(distribution, root)
     diff = root.parent / f"{distribution}.patch"
     diff.write_text(upstream.render(distribution))

@@ -63,7 +63,7 @@ def test_model_name_typo_with_registered_clt_fails_before_the_clt_loads(hub, no_
 
 def test_session_model_name_typo_fails_before_the_clt_loads(hub, no_loading):
     from qwen_interp.errors import InputError
-    from qwen_interp.session import Session
+    from qwen_interp.apps.session import Session
     with pytest.raises(InputError, match="did you mean 'Qwen/Qwen3-1.7B-Base'"):
         Session.from_pretrained("Qwen/Qwen3-1.7B-Bsae", CLT, device="cpu")
 
@@ -72,7 +72,7 @@ def test_session_model_name_typo_fails_before_the_clt_loads(hub, no_loading):
 def test_unknown_dtype_fails_before_loading(hub, no_loading, dtype):
     from circuit_tracer import ReplacementModel
     from qwen_interp.errors import InputError
-    from qwen_interp.session import Session
+    from qwen_interp.apps.session import Session
     with pytest.raises(InputError, match=rf"dtype={dtype!r}: expected a torch dtype or one of"):
         ReplacementModel.from_pretrained(MODEL, CLT, dtype=dtype)
     with pytest.raises(InputError, match=rf"dtype={dtype!r}: expected a torch dtype"):
@@ -89,14 +89,14 @@ def test_string_dtype_is_converted(hub, dtype):
 
 
 def test_session_string_dtype_is_converted(hub):
-    from qwen_interp.session import Session
+    from qwen_interp.apps.session import Session
     session = Session.from_pretrained(MODEL, CLT, device="cpu", dtype="float16")
     assert session.model.cfg.dtype == torch.float16
 
 
 # --- CLT folder that does not fit the model ---------------------------------------------------
 def clt_folder(tmp_path, d_model, n_layers, config):
-    from qwen_interp.testing.clt_native import random_clt, write_hub
+    from qwen_interp.apps.testing.clt_native import random_clt, write_hub
     return write_hub(tmp_path / "clt", random_clt(n_layers, d_model, 8, norm_factors=False),
                      config=config)
 
@@ -177,7 +177,7 @@ def test_get_activations_refuses_bad_prompts(rm, prompt, message):
 
 @pytest.fixture(scope="module")
 def session(rm):
-    from qwen_interp.session import Session
+    from qwen_interp.apps.session import Session
     return Session(rm)
 
 
@@ -221,7 +221,7 @@ def test_other_architectures_keep_upstream_truncation(rm):
 
 def test_session_without_clt_refuses_long_string(hub):
     from qwen_interp.errors import InputError
-    from qwen_interp.session import Session
+    from qwen_interp.apps.session import Session
     session = Session.from_pretrained(MODEL, device="cpu", n_ctx=N_CTX)
     with pytest.raises(InputError, match=rf"Session input is \d+ tokens, longer than the "
                                          rf"model's context n_ctx={N_CTX}"):

@@ -26,7 +26,7 @@ LOG = "qwen_interp_saelens.files"
 
 # --- SAE cache ----------------------------------------------------------------------------------
 def sae_source(folder: Path, layer: int, d_model: int = 256, d_sae: int = 4096) -> tuple:
-    from qwen_interp.testing.sae_hub import qwen_scope_tensors, write_qwen_scope_layer
+    from qwen_interp.apps.testing.sae_hub import qwen_scope_tensors, write_qwen_scope_layer
     tensors = qwen_scope_tensors(d_model, d_sae, seed=layer)
     return write_qwen_scope_layer(folder / f"layer{layer}.sae.pt", tensors), tensors
 
@@ -198,7 +198,7 @@ print(json.dumps({"path": clt.clt_path, "sum": float(clt.decode(clt.encode(x).to
 
 
 def native_clt(tmp_path: Path, n_layers: int, d_model: int, d_latent: int) -> Path:
-    from qwen_interp.testing.clt_native import random_clt, write_native
+    from qwen_interp.apps.testing.clt_native import random_clt, write_native
     model = tmp_path / "model"
     model.mkdir(exist_ok=True)
     (model / "config.json").write_text(json.dumps({"hidden_size": d_model,

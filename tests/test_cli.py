@@ -13,7 +13,7 @@ from qwen_interp import compat
 def run_cli(*args, env=None, tmp_path=None):
     import os
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "qwen_interp.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "qwen_interp.apps.cli", *args], capture_output=True,
                           text=True, env=full_env, timeout=600, cwd=tmp_path)
 
 

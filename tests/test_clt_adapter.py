@@ -93,7 +93,7 @@ print(json.dumps({"path": clt.clt_path, "sum": float(clt.decode(clt.encode(x).to
 def test_two_processes_convert_once(tmp_path):
     import time
 
-    from qwen_interp.testing.clt_native import random_clt, write_native
+    from qwen_interp.apps.testing.clt_native import random_clt, write_native
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"hidden_size": 32, "num_hidden_layers": 4}))
@@ -128,7 +128,7 @@ def test_changed_source_converts_again(tmp_path, monkeypatch):
     import torch
     from circuit_tracer.utils.hf_utils import load_transcoder_from_hub
 
-    from qwen_interp.testing.clt_native import random_clt, write_native
+    from qwen_interp.apps.testing.clt_native import random_clt, write_native
     monkeypatch.setenv("QWEN_INTERP_CACHE", str(tmp_path / "cache"))
     src = write_native(tmp_path / "src", random_clt(2, 16, 8, seed=1))
     first, _ = load_transcoder_from_hub(str(src), device=torch.device("cpu"))

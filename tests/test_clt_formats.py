@@ -15,7 +15,7 @@ import json
 import pytest
 import torch
 
-from qwen_interp.testing.clt_native import random_clt, write_hub, write_native
+from qwen_interp.apps.testing.clt_native import random_clt, write_hub, write_native
 
 N, D, F, POS = 3, 16, 24, 6
 ACTIVATIONS = ["relu", "jumprelu", "topk", "topk_all"]

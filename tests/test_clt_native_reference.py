@@ -2,7 +2,7 @@
 
 The expected values come from an independent implementation: BluelightAI's reference loader
 (inference-clt, MIT), vendored verbatim as ``tests/reference/inference_clt.py``. The fixtures are
-written the way that loader reads checkpoints (``qwen_interp.testing.clt_native``: its key names,
+written the way that loader reads checkpoints (``qwen_interp.apps.testing.clt_native``: its key names,
 shapes, dtypes, manifest and config defaults). For every layout it reads, features and
 reconstructions here (circuit-tracer's ``encode``/``encode_sparse``/``encode_layer``/``decode`` on
 the transcoder our loader returns, by path and by registered repo id from the offline Hub) equal
@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from qwen_interp import hookimpl
 from qwen_interp.specs import TranscoderRelease
-from qwen_interp.testing.clt_native import random_clt, write_native
+from qwen_interp.apps.testing.clt_native import random_clt, write_native
 
 N_BASE, D, F, POS = 5, 8, 16, 6  # base model layers, d_model, d_latent, positions
 LI = [0, 2, 3]  # covered model layers when layer_indices is set (1 and 4 uncovered)

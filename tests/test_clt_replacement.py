@@ -219,7 +219,7 @@ def test_nnsight_resid_mid_and_mlp_out_hooks(qwen_offline_hub, clt_dir, tmp_path
 
 def test_release_without_config_yaml_takes_hooks_from_registry(qwen_offline_hub, qwen_registry):
     from circuit_tracer.utils.hf_utils import load_transcoder_from_hub
-    from qwen_interp.testing.hub import write_hub_clt
+    from qwen_interp.apps.testing.hub import write_hub_clt
     spec = qwen_registry.model("Qwen/Qwen3-0.6B-Base")
     release = qwen_registry.transcoder_release("bluelight-qwen3-0.6b")
     model_dir = qwen_offline_hub.model(spec)
@@ -247,7 +247,7 @@ def test_release_without_config_yaml_takes_hooks_from_registry(qwen_offline_hub,
 def test_topk_clt_attribution(activation, hf, ids, tmp_path, monkeypatch):
     """Native top-k CLTs: attribute() runs and its active set is the formula's top-k set."""
     from circuit_tracer import ReplacementModel, attribute
-    from qwen_interp.testing.clt_native import random_clt, write_native
+    from qwen_interp.apps.testing.clt_native import random_clt, write_native
     monkeypatch.setenv("QWEN_INTERP_CACHE", str(tmp_path / "cache"))
     n, d, k = hf.config.num_hidden_layers, hf.config.hidden_size, 4
     raw = random_clt(n, d, 32, seed=11)

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from qwen_interp.testing.clt_native import random_clt, write_hub, write_native
+from qwen_interp.apps.testing.clt_native import random_clt, write_hub, write_native
 
 N, D, F = 3, 16, 24
 ANY = object()

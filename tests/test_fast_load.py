@@ -186,7 +186,7 @@ print(json.dumps(dict(growth_kb=hwm() - before, model_kb=nbytes // 1024, path=fl
 def midsize_checkpoint(tmp_path_factory, qwen_offline_hub):
     """Qwen3 layout, d_model 1024, 6 layers, real vocabulary, tied, bf16 (~0.8 GB in TL)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
-    from qwen_interp.testing.hub import write_tokenizer
+    from qwen_interp.apps.testing.hub import write_tokenizer
     path = tmp_path_factory.mktemp("midsize")
     cfg = Qwen3Config(vocab_size=151936, hidden_size=1024, intermediate_size=3072,
                       num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4,

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from conftest import SEED_PROMPT
-from qwen_interp.testing import small_config
+from qwen_interp.apps.testing import small_config
 
 
 def test_small_configs_keep_architecture_flags(qwen3_specs):
@@ -42,7 +42,7 @@ def test_genuine_tokenizer_and_offline(qwen_offline_hub, qwen_registry):
 def test_concurrent_builders_leave_one_complete_snapshot(tmp_path):
     code = f"""
 import sys, time
-from qwen_interp.testing.hub import OfflineHub
+from qwen_interp.apps.testing.hub import OfflineHub
 def write(folder):
     (folder / "a.bin").write_bytes(b"x" * 1_000_000)
     time.sleep(0.5)                      # both processes are inside write() at once
@@ -62,7 +62,7 @@ print(OfflineHub({str(tmp_path)!r}).snapshot("acme/repo", write))
 
 
 def test_failed_build_leaves_nothing(tmp_path):
-    from qwen_interp.testing.hub import OfflineHub
+    from qwen_interp.apps.testing.hub import OfflineHub
     hub = OfflineHub(tmp_path)
 
     def broken(folder):

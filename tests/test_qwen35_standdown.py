@@ -50,7 +50,7 @@ def test_status_and_load_model():
 
 def test_doctor_reports_the_plugin():
     proc = run_python("""
-        from qwen_interp.cli import main
+        from qwen_interp.apps.cli import main
         main(["doctor"])
     """, check=False)
     lines = [line for line in proc.stdout.splitlines() if "[qwen35]" in line]

@@ -24,7 +24,7 @@ def _private_cache(tmp_path_factory, monkeypatch):
 def tiny(qwen_offline_hub, qwen_registry):
     """Tiny Qwen-Scope-format releases for the small stand-ins of every Qwen3 model behind a
     Qwen-Scope release, registered by a plugin."""
-    from qwen_interp.testing.sae_hub import SAEReleasePlugin, qwen_scope_snapshot, tiny_release
+    from qwen_interp.apps.testing.sae_hub import SAEReleasePlugin, qwen_scope_snapshot, tiny_release
     rels = {}
     for repo in RELEASE_MODELS:
         spec = qwen_registry.model(repo)

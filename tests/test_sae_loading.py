@@ -43,7 +43,7 @@ def cache(tmp_path, monkeypatch) -> Path:
 def tiny(qwen_offline_hub, qwen_registry):
     """Tiny releases for the small 1.7B and 8B stand-ins, plus one whose layer0 is malicious."""
     from qwen_interp.specs import SAERelease
-    from qwen_interp.testing.sae_hub import (SAEReleasePlugin, qwen_scope_snapshot,
+    from qwen_interp.apps.testing.sae_hub import (SAEReleasePlugin, qwen_scope_snapshot,
                                              tiny_release, write_qwen_scope_layer)
     small = tiny_release(qwen_registry.model(MODEL))
     other = tiny_release(qwen_registry.model("Qwen/Qwen3-8B-Base"))
@@ -100,7 +100,7 @@ def test_malicious_pickle_refused_by_from_pretrained(tiny, cache, monkeypatch):
 
 def test_malicious_pickle_refused_from_local_dir(tmp_path, qwen_offline_hub):
     import qwen_interp_saelens as q
-    from qwen_interp.testing.sae_hub import write_qwen_scope_layer
+    from qwen_interp.apps.testing.sae_hub import write_qwen_scope_layer
     marker = tmp_path / "ran"
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -151,7 +151,7 @@ def test_file_of_another_model_is_named(tmp_path, tiny, qwen_offline_hub):
 
 def test_missing_tensor_and_non_dict(tmp_path, tiny):
     import qwen_interp_saelens as q
-    from qwen_interp.testing.sae_hub import qwen_scope_tensors, write_qwen_scope_layer
+    from qwen_interp.apps.testing.sae_hub import qwen_scope_tensors, write_qwen_scope_layer
     folder = tmp_path / tiny["small"].repo_id.split("/")[-1]
     folder.mkdir()
     tensors = qwen_scope_tensors(64, 256, seed=0)
@@ -206,7 +206,7 @@ def test_cache_first_and_second_load(tiny, cache, qwen_offline_hub, monkeypatch)
 
 def test_cache_follows_source_changes_and_rebuilds_damage(tmp_path, tiny, qwen_offline_hub, cache):
     import qwen_interp_saelens as q
-    from qwen_interp.testing.sae_hub import qwen_scope_tensors, write_qwen_scope_layer
+    from qwen_interp.apps.testing.sae_hub import qwen_scope_tensors, write_qwen_scope_layer
     folder = local_copy(qwen_offline_hub, tiny["small"], tmp_path)
     before = q.load_sae_from_dir(folder, 0)
     [entry] = cache.rglob("*.safetensors")
@@ -247,7 +247,7 @@ print(hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))
 
 
 def test_cache_safe_under_concurrent_processes(tmp_path, cache):
-    from qwen_interp.testing.sae_hub import qwen_scope_tensors, write_qwen_scope_layer
+    from qwen_interp.apps.testing.sae_hub import qwen_scope_tensors, write_qwen_scope_layer
     tensors = qwen_scope_tensors(256, 4096, seed=7)
     source = write_qwen_scope_layer(tmp_path / "layer0.sae.pt", tensors)
     go = tmp_path / "go"

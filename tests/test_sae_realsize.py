@@ -66,8 +66,8 @@ print("RESULT " + json.dumps(result))
 
 def test_real_width_activations_equal_hf_reference(tmp_path, tmp_path_factory, qwen_offline_hub,
                                                   qwen_registry):
-    from qwen_interp.testing.hub import OfflineHub
-    from qwen_interp.testing.sae_hub import qwen_scope_snapshot, real_width_model
+    from qwen_interp.apps.testing.hub import OfflineHub
+    from qwen_interp.apps.testing.sae_hub import qwen_scope_snapshot, real_width_model
 
     rel = qwen_registry.sae_releases[REAL]
     spec = qwen_registry.model(rel.model_repo_id)

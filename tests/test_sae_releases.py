@@ -117,7 +117,7 @@ def test_adapter_provides_releases_where_saelens_lacks_them(qwen_offline_hub):
     from sae_lens import SAE
     from sae_lens.loading import pretrained_sae_loaders as loaders
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-    from qwen_interp.testing.sae_hub import qwen_scope_snapshot
+    from qwen_interp.apps.testing.sae_hub import qwen_scope_snapshot
 
     rel = qwen_scope_releases()[REAL]
     qwen_scope_snapshot(qwen_offline_hub, rel, [0, 1])
@@ -162,7 +162,7 @@ def test_adapter_provides_releases_where_saelens_lacks_them(qwen_offline_hub):
 def test_reference_loader_matches_saelens_plain_loader(qwen_offline_hub):
     """Our reader gives the same tensors as SAELens's own torch.load loader (real size)."""
     from sae_lens.loading import pretrained_sae_loaders as loaders
-    from qwen_interp.testing.sae_hub import qwen_scope_snapshot
+    from qwen_interp.apps.testing.sae_hub import qwen_scope_snapshot
     rel = qwen_scope_releases()[REAL]
     qwen_scope_snapshot(qwen_offline_hub, rel, [0, 1])
     cfg_a, ours, _ = loaders.NAMED_PRETRAINED_SAE_LOADERS["qwen_scope"](
@@ -180,7 +180,7 @@ def test_hook_register_sae_releases_third_party_release(qwen_offline_hub, qwen_r
     adapter, since SAELens lacks it), loads by name, and disappears with the plugin."""
     from sae_lens import SAE
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-    from qwen_interp.testing.sae_hub import SAEReleasePlugin, qwen_scope_snapshot, tiny_release
+    from qwen_interp.apps.testing.sae_hub import SAEReleasePlugin, qwen_scope_snapshot, tiny_release
     rel = tiny_release(qwen_registry.model("Qwen/Qwen3-1.7B-Base"), d_sae=128, k=4)
     qwen_scope_snapshot(qwen_offline_hub, rel, [2])
     plugin = SAEReleasePlugin([rel])

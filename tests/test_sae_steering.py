@@ -28,7 +28,7 @@ def _private_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def setup(_private_cache, qwen_offline_hub, qwen_registry):
     from sae_lens import SAE, HookedSAETransformer
-    from qwen_interp.testing.sae_hub import SAEReleasePlugin, qwen_scope_snapshot, tiny_release
+    from qwen_interp.apps.testing.sae_hub import SAEReleasePlugin, qwen_scope_snapshot, tiny_release
     spec = qwen_registry.model(MODEL)
     qwen_offline_hub.model(spec)
     rel = tiny_release(spec, tied=True)

@@ -19,7 +19,7 @@ LAYERS = [0, 2]
 @pytest.fixture(scope="module")
 def setup(qwen_offline_hub, qwen_registry):
     import qwen_interp
-    from qwen_interp.testing.sae_hub import SAEReleasePlugin, qwen_scope_snapshot, tiny_release
+    from qwen_interp.apps.testing.sae_hub import SAEReleasePlugin, qwen_scope_snapshot, tiny_release
     spec = qwen_registry.model("Qwen/Qwen3-1.7B-Base")
     release = tiny_release(spec, tied=True)
     qwen_scope_snapshot(qwen_offline_hub, release, range(3), tied=True)
@@ -32,7 +32,7 @@ def setup(qwen_offline_hub, qwen_registry):
 
 @pytest.fixture(scope="module")
 def session(setup):
-    from qwen_interp.session import Session
+    from qwen_interp.apps.session import Session
     s = Session.from_pretrained("Qwen/Qwen3-1.7B-Base", "bluelight-qwen3-1.7b", device="cpu")
     s.add_saes(setup.release, LAYERS)
     return s

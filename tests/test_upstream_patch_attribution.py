@@ -68,7 +68,7 @@ def test_render_has_the_patch_and_ships_the_plugin_modules_unchanged():
     import qwen_interp_circuit_tracer
     from pathlib import Path
 
-    from qwen_interp import upstream
+    from qwen_interp.apps import upstream
     text = upstream.render("circuit-tracer")
     assert "## attribute(): bounded GPU memory, same graph" in text
     for name in ("active_decoders.py", "bounded_influences.py", "shared_patterns.py"):

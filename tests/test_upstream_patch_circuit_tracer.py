@@ -50,7 +50,7 @@ def native_repos(qwen_offline_hub, qwen_registry):
     """repo id -> snapshot folder of each native CLT, for the small offline 0.6B model."""
     from transformers import AutoConfig
 
-    from qwen_interp.testing.clt_native import random_clt, write_native
+    from qwen_interp.apps.testing.clt_native import random_clt, write_native
     cfg = AutoConfig.from_pretrained(qwen_offline_hub.model(qwen_registry.model(MODEL)))
     out = {}
     for i, (repo, kw) in enumerate(NATIVE.items()):
@@ -118,7 +118,7 @@ def test_rendered_patches_apply_to_the_release(patched_root):
         text = path.read_text()
         assert "import qwen_interp" not in text and "from qwen_interp" not in text, path
     # Rendered against a tree that has them, the three patches change nothing.
-    from qwen_interp import upstream
+    from qwen_interp.apps import upstream
     again = upstream.render("circuit-tracer", against=Path(patched_root))
     for title in ("Top-k cross-layer transcoders", "Load BluelightAI's native CLT checkpoints",
                   "Same first position for string inputs in every API"):

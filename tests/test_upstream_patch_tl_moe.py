@@ -32,7 +32,7 @@ def moe_checkpoint(qwen_offline_hub, qwen_registry):
 
 def test_cli_render_includes_the_moe_patch_cut_from_the_plugin():
     from qwen_interp_transformerlens import moe
-    proc = subprocess.run([sys.executable, "-m", "qwen_interp.cli", "patches", "render",
+    proc = subprocess.run([sys.executable, "-m", "qwen_interp.apps.cli", "patches", "render",
                            "transformer-lens"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert f"## {TITLE}" in proc.stdout

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from conftest import run_python
-from qwen_interp import upstream
+from qwen_interp.apps import upstream
 
 DENSE = ["Qwen/Qwen3-0.6B-Base", "Qwen/Qwen3-1.7B-Base", "Qwen/Qwen3-4B-Base",
          "Qwen/Qwen3-8B-Base", "Qwen/Qwen3-14B-Base"]
@@ -254,7 +254,7 @@ def test_patched_sae_lens_refuses_malicious_qwen_scope_pickle_without_plugins(tm
 
     import torch
 
-    from qwen_interp.testing.hub import OfflineHub
+    from qwen_interp.apps.testing.hub import OfflineHub
     hf_home, marker = tmp_path / "hf", tmp_path / "evil-ran"
     OfflineHub(hf_home).snapshot("Qwen/SAE-Res-Qwen3-1.7B-Base-W32K-L0_50", lambda folder: torch.save(
         {"W_enc": _Payload(marker), "W_dec": torch.zeros(1), "b_enc": torch.zeros(1),

@@ -50,7 +50,7 @@ print(json.dumps(dict(pristine=pristine, names=names, keys=[k for k, _ in aliase
 
 @pytest.fixture
 def tiny_release(qwen_registry, tmp_path, monkeypatch):
-    from qwen_interp.testing.sae_hub import SAEReleasePlugin, qwen_scope_tensors, tiny_release
+    from qwen_interp.apps.testing.sae_hub import SAEReleasePlugin, qwen_scope_tensors, tiny_release
     monkeypatch.setenv("QWEN_INTERP_CACHE", str(tmp_path / "cache"))
     release = tiny_release(qwen_registry.model(MODEL))
     path = tmp_path / "layer1.sae.pt"

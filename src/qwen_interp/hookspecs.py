@@ -15,12 +15,12 @@ and is found through the ``qwen_interp`` entry-point group, like the built-in pl
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import pluggy
 
-from .specs import (Adapter, HookNameMap, ModelSpec, SAERelease, TranscoderFormat,
-                    TranscoderRelease)
+from .specs import (Adapter, Command, DoctorCheck, HookNameMap, ModelFamily, ModelSpec, SAERelease,
+                    TranscoderFormat, TranscoderRelease)
 
 hookspec = pluggy.HookspecMarker("qwen_interp")
 hookimpl = pluggy.HookimplMarker("qwen_interp")
@@ -54,3 +54,23 @@ def register_sae_releases(register: Callable[[SAERelease], None]) -> None:
 @hookspec
 def register_adapters(register: Callable[[Adapter], None]) -> None:
     """Register adapters that bridge an upstream package (TransformerLens, circuit-tracer, ...)."""
+
+
+@hookspec
+def register_model_families(register: Callable[[ModelFamily], None]) -> None:
+    """Register model architectures: config class, hook names, capabilities, offline stand-in."""
+
+
+@hookspec
+def register_commands(register: Callable[[Command], None]) -> None:
+    """Register ``qwen-interp`` subcommands."""
+
+
+@hookspec
+def register_doctor_checks(register: Callable[[DoctorCheck], None]) -> None:
+    """Register checks that ``qwen-interp doctor`` runs (e.g. known-bad upstream versions)."""
+
+
+@hookspec
+def register_upstream_patches(register: Callable[[Any], None]) -> None:
+    """Register upstream-ready patches: one ``UpstreamProject`` per upstream distribution."""

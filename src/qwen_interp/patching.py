@@ -11,6 +11,11 @@ from typing import Any
 _MISSING = object()
 
 
+class PatchConflict(RuntimeError):
+    """``undo()`` found an attribute that no longer holds the value this PatchSet put there
+    (someone else replaced it since): that attribute is left as it is, never clobbered."""
+
+
 def _own_entry(obj: Any, name: str) -> Any:
     """What undo must put back for ``obj.name``: the raw entry of ``obj``'s own namespace, not
     ``getattr`` (which binds a classmethod to ``obj`` and finds inherited attributes: restoring
@@ -32,8 +37,19 @@ class PatchSet:
         """Set ``obj.name``; undo puts back what was there, or ``restore`` if given (for a module
         that imported one of our wrappers by name: upstream would hold the original there)."""
         old = _own_entry(obj, name) if restore is _MISSING else restore
-        self._undo.append(("attr", obj, name, old))
+        self._undo.append(("attr", obj, name, (old, value)))
         setattr(obj, name, value)
+
+    def wrap(self, obj: Any, name: str, make_wrapper: Any) -> Any:
+        """Replace ``obj.name`` with ``make_wrapper(original)`` and return the wrapper. The
+        wrapper's ``__wrapped__`` is the original (as ``functools.wraps`` sets it), so upstream's
+        own function stays reachable; ``undo()`` puts the original back."""
+        original = getattr(obj, name)
+        wrapper = make_wrapper(original)
+        if getattr(wrapper, "__wrapped__", None) is None:
+            wrapper.__wrapped__ = original
+        self.setattr(obj, name, wrapper)
+        return wrapper
 
     def targets(self) -> list[tuple[Any, str]]:
         """``(object, attribute name)`` of every attribute set now, in the order they were set
@@ -50,9 +66,16 @@ class PatchSet:
         target[key] = value
 
     def undo(self) -> None:
+        """Restore everything, last change first. An attribute someone else replaced after us is
+        left alone and reported by one :class:`PatchConflict` once the rest is restored."""
+        conflicts = []
         while self._undo:
             kind, obj, key, old = self._undo.pop()
             if kind == "attr":
+                old, ours = old
+                if _own_entry(obj, key) is not ours:
+                    conflicts.append(f"{getattr(obj, '__name__', type(obj).__name__)}.{key}")
+                    continue
                 if old is _MISSING:
                     # It was inherited (or absent): drop ours so lookup finds the original again.
                     if _own_entry(obj, key) is not _MISSING:
@@ -69,3 +92,6 @@ class PatchSet:
                 obj.pop(key, None)
             else:
                 obj[key] = old
+        if conflicts:
+            raise PatchConflict(f"replaced by someone else since qwen-interp patched them, so "
+                                f"left as they are: {', '.join(reversed(conflicts))}")

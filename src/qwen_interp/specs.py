@@ -68,6 +68,52 @@ class HookNameMap:
 
 
 @dataclass(frozen=True)
+class ModelFamily:
+    """One model architecture: the one record every adapter asks about it.
+
+    ``architecture`` is ``config.json``'s ``architectures[0]`` (e.g. ``Qwen3ForCausalLM``);
+    ``hf_config_class`` the ``transformers`` config class that reads it. ``hook_names`` names its
+    hook points in every ecosystem. ``capabilities`` say what the adapters may do with it (see
+    ``CAPABILITIES``). ``stand_in(spec, n_layers)`` returns a small ``transformers`` config with
+    the spec's architecture flags, from which the offline hub builds a random-weight stand-in.
+    """
+
+    architecture: str
+    hf_config_class: str
+    hook_names: HookNameMap
+    capabilities: frozenset = frozenset()
+    stand_in: Callable[..., Any] | None = None
+
+
+# What a model family can declare; adapters act on a family only for the capabilities it has.
+HOOKED_TRANSFORMER = "hooked_transformer"  # TransformerLens HookedTransformer loads it
+TL_FAST_LOAD = "tl_fast_load"  # qwen-interp's safetensors loader for HookedTransformer applies
+TL_FAST_FORWARD = "tl_fast_forward"  # qwen-interp's faster Qwen3 forward applies
+TL_MOE = "tl_moe"  # qwen-interp adds HookedTransformer's MoE config branch and weights
+CAPABILITIES = (HOOKED_TRANSFORMER, TL_FAST_LOAD, TL_FAST_FORWARD, TL_MOE)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A ``qwen-interp`` subcommand: ``configure(parser)`` adds its arguments to an argparse
+    subparser; ``run(args)`` does the work and returns the exit code."""
+
+    name: str
+    help: str
+    configure: Callable[[Any], None]
+    run: Callable[[Any], int]
+
+
+@dataclass(frozen=True)
+class DoctorCheck:
+    """A check ``qwen-interp doctor`` runs: ``run()`` returns the problems it found, one line
+    each (an empty list: all is well). Any problem makes doctor exit non-zero."""
+
+    name: str
+    run: Callable[[], list]
+
+
+@dataclass(frozen=True)
 class TranscoderRelease:
     """A published cross-layer transcoder (CLT) and the model it was trained on."""
 

@@ -80,12 +80,12 @@ def pytest_unconfigure(config):
 
 @pytest.fixture(scope="session")
 def qwen_offline_hub(pytestconfig):
-    """An :class:`~qwen_interp.testing.OfflineHub` on the session's offline ``HF_HOME``."""
+    """An :class:`~qwen_interp.apps.testing.OfflineHub` on the session's offline ``HF_HOME``."""
     state = getattr(pytestconfig, "_qwen_offline_hub", None)
     if state is None:
         pytest.fail("qwen_offline_hub needs `qwen_offline_hub = true` in the pytest ini "
                     "or --qwen-offline-hub", pytrace=False)
-    from qwen_interp.testing.hub import OfflineHub
+    from qwen_interp.apps.testing.hub import OfflineHub
     return OfflineHub(state[0])
 
 

@@ -23,7 +23,7 @@ PROMPT = "Fact: The president of the United States in 2010 was"
 DENSE, MOE = "Qwen/Qwen3.5-2B-Base", "Qwen/Qwen3.5-35B-A3B-Base"
 MODELS = [DENSE, MOE]
 BACKENDS = ["bridge", "hf"]
-N_LAYERS = 4  # qwen_interp.testing.qwen35.SMALL_N_LAYERS
+N_LAYERS = 4  # qwen_interp.apps.testing.qwen35.SMALL_N_LAYERS
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +50,8 @@ def make_test_release(spec, d_model: int, d_sae: int = 256, k: int = 8):
 def setup(_private_cache, qwen_offline_hub, qwen_registry):
     """Stand-ins, their test SAE releases (registered by a plugin), tokens."""
     from transformers import AutoTokenizer
-    from qwen_interp.testing.qwen35 import qwen35_model, small_config_qwen35
-    from qwen_interp.testing.sae_hub import SAEReleasePlugin, qwen_scope_snapshot
+    from qwen_interp.apps.testing.qwen35 import qwen35_model, small_config_qwen35
+    from qwen_interp.apps.testing.sae_hub import SAEReleasePlugin, qwen_scope_snapshot
     rels = {}
     for repo in MODELS:
         spec = qwen_registry.model(repo)

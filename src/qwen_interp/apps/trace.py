@@ -21,7 +21,7 @@ VIEWER_PORT = 8041
 
 
 def demo_hf_home() -> Path:
-    from .paths import cache_root
+    from qwen_interp.paths import cache_root
     return cache_root() / "demo-hf"
 
 
@@ -40,7 +40,7 @@ def use_demo_hub() -> Path:
 
 def build_demo(hf_home: Path, model: str, transcoder: str) -> None:
     import qwen_interp
-    from qwen_interp.testing import OfflineHub
+    from qwen_interp.apps.testing import OfflineHub
     reg = qwen_interp.registry()
     release = reg.transcoder_release(transcoder)
     OfflineHub(hf_home).transcoder(release, reg.model(model))
@@ -110,7 +110,7 @@ def resolve_device(device: str | None):
 
 def check_prompt(prompt) -> str:
     """The command line's prompt: not blank, and text a tokenizer can read (``inputs``)."""
-    from .inputs import check_prompt as check_text
+    from qwen_interp.inputs import check_prompt as check_text
     if isinstance(prompt, str) and not prompt.strip():
         raise ValueError("the prompt is empty: there is no token to attribute")
     check_text(prompt, "the prompt")

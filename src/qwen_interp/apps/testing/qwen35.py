@@ -12,7 +12,7 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
-from ..specs import ModelSpec
+from qwen_interp.specs import ModelSpec
 from .hub import OfflineHub, write_tokenizer
 
 SMALL_D_HEAD = 16

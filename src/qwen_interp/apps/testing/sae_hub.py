@@ -13,8 +13,8 @@ import zlib
 from pathlib import Path
 from typing import Iterable
 
-from ..hookspecs import hookimpl
-from ..specs import ModelSpec, SAERelease
+from qwen_interp.hookspecs import hookimpl
+from qwen_interp.specs import ModelSpec, SAERelease
 from .hub import OfflineHub, randomize_, small_config, write_tokenizer
 
 

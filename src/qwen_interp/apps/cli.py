@@ -9,7 +9,7 @@ import sys
 
 
 def cmd_doctor(args) -> int:
-    from . import compat
+    from qwen_interp import compat
     versions = {p: compat.installed_version(p) for p in compat.STACK}
     print(f"python {platform.python_version()}")
     for package, version in versions.items():

@@ -64,7 +64,7 @@ class Session:
         given. Weights are processed as circuit-tracer does (no folding or centring), so every
         hook value equals HF transformers'."""
         import qwen_interp  # noqa: F401 - adapters: model names, CLT formats, SAE releases
-        from .inputs import torch_dtype
+        from qwen_interp.inputs import torch_dtype
         dtype = torch_dtype(dtype)  # a string would fail only after the CLT was loaded
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -106,7 +106,7 @@ class Session:
         """(batch, pos) token ids. Strings follow circuit-tracer's convention when a CLT is
         attached (``<|endoftext|>`` first, its features zeroed) so positions match its graphs.
         Bytes, lone surrogates, empty inputs and inputs longer than n_ctx raise InputError."""
-        from .inputs import check_length, check_prompt
+        from qwen_interp.inputs import check_length, check_prompt
         check_prompt(inputs, "Session input")
         if isinstance(inputs, str):
             if self.has_clt:

@@ -18,8 +18,8 @@ import zlib
 from pathlib import Path
 from typing import Callable
 
-from ..atomic import build_folder
-from ..specs import ModelSpec, TranscoderRelease
+from qwen_interp.atomic import build_folder
+from qwen_interp.specs import ModelSpec, TranscoderRelease
 
 COMMIT = "0" * 40  # one fake revision for every repo in the offline cache
 SMALL_D_HEAD = 16
