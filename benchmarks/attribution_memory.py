@@ -1,6 +1,6 @@
 """Benchmark (not a test): attribute() memory and time, qwen-interp vs plain circuit-tracer.
 
-Setup of issue 8: Qwen3-1.7B-Base shapes with random weights, a BluelightAI-size CLT (28 x
+Setup: Qwen3-1.7B-Base shapes with random weights, a BluelightAI-size CLT (28 x
 20,480 bf16, hub layout, built by clt_load_attribute.py with thresholds for ~80 active features
 per layer and token), TransformerLens backend, ``attribute(batch_size=256,
 max_feature_nodes=8192)``. Each side runs in its own process, one after the other:
@@ -30,7 +30,7 @@ attribute(), measured through /proc/self/clear_refs):
 The long part at that width, both sides under one host address-space limit (an allocation past
 it is logged as out of memory, like CUDA's):
   (ulimit -v 22000000; python benchmarks/attribution_memory.py --cpu-mid long)
-Issue 8's real shapes and dtype (bf16, 28 x 20,480 CLT at L0 ~80, seed prompt) on the host (the
+The real shapes and dtype (bf16, 28 x 20,480 CLT at L0 ~80, seed prompt) on the host (the
 ~40 GB build goes to /tmp/cltbench-cpu; minutes per side): at batch 256 for each side's memory,
 and at a batch and node budget upstream fits in host memory and time, to compare the graphs:
   python benchmarks/attribution_memory.py --cpu-real
@@ -48,7 +48,7 @@ from pathlib import Path
 MODES = ("--small", "--cpu-mid", "--cpu-real")
 SMALL = "--small" in sys.argv
 MID = "--cpu-mid" in sys.argv
-REAL_CPU = "--cpu-real" in sys.argv  # issue 8's real shapes and bf16, on the host
+REAL_CPU = "--cpu-real" in sys.argv  # the real shapes and bf16, on the host
 if MID:
     os.environ.setdefault("CLT_BENCH_DIR", "/tmp/cltbench-mid")
     os.environ.setdefault("TARGET_L0", "40")

@@ -40,7 +40,7 @@ RELEASE = "bluelightai/clt-qwen3-1.7b-base-20k"
 PROMPT = "Fact: The president of the United States in 2010 was"
 L, D, F = 28, 2048, 20480
 # Active features per layer and token the thresholds are calibrated for (attribution_memory.py
-# uses 80, issue 8's setup; this script's recorded results used 115).
+# uses 80; this script's recorded results used 115).
 TARGET_L0 = float(os.environ.get("TARGET_L0", "115"))
 
 

@@ -1,11 +1,11 @@
-"""Benchmark (not a test): forward throughput, HF transformers vs TransformerLens (issue 8).
+"""Benchmark (not a test): forward throughput, HF transformers vs TransformerLens.
 
 Qwen3-1.7B-Base shapes (d_model 2048, 28 layers, 16/8 heads, head_dim 128, d_mlp 6144, vocab
 151,936, tied), random bf16 weights in an offline HF cache, a batch of 8 x 512 random tokens,
 ``torch.no_grad()``, logits returned. Four sides, each in its own fresh process, one after the
 other:
 
-  hf_eager:    AutoModelForCausalLM, attn_implementation="eager" (the FACTS section 6 baseline)
+  hf_eager:    AutoModelForCausalLM, attn_implementation="eager" (the baseline upstream TL is usually compared with)
   hf_sdpa:     AutoModelForCausalLM, attn_implementation="sdpa"
   tl_upstream: HookedTransformer.from_pretrained with QWEN_INTERP_FAST_FORWARD=0 (TL's forward)
   tl_ours:     the same model with qwen-interp's default fast forward (fast_forward.py)

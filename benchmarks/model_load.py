@@ -1,4 +1,4 @@
-"""Benchmark (not a test): HookedTransformer.from_pretrained, upstream vs qwen-interp (issue 8).
+"""Benchmark (not a test): HookedTransformer.from_pretrained, upstream vs qwen-interp.
 
 Qwen3-1.7B-Base shapes (d_model 2048, 28 layers, 16/8 heads, d_mlp 6144, vocab 151,936, tied),
 random bf16 weights in an offline HF cache. Each side runs in its own fresh process (so peak host

@@ -1,4 +1,4 @@
-"""Benchmark (not a test): one shared pass vs the three tools run separately (issue 5).
+"""Benchmark (not a test): one shared pass vs the three tools run separately.
 
 Qwen3-1.7B-Base shapes with random weights (bf16), a BluelightAI-size CLT encoder (28 x 20,480,
 bf16, JumpReLU thresholds calibrated to L0 ~ 115) and a Qwen-Scope-size SAE on every layer

@@ -1,16 +1,40 @@
 """Shared fixtures. The offline Hub comes from qwen-interp's own pytest plugin
-(``qwen_offline_hub``, enabled in pyproject.toml); nothing here reaches the network."""
+(``qwen_offline_hub``, enabled in pyproject.toml); nothing here reaches the network. Plain
+helpers (``run_python``, ``SEED_PROMPT``, ...) are in helpers.py."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
-SEED_PROMPT = "Fact: The president of the United States in 2010 was"
+from helpers import apply_rendered_patch, run_cli_in_process
+
+THREADS = "OMP_NUM_THREADS"
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker's torch would start one thread per core, so N workers ask
+    for N times the cores, and OpenMP threads spin while they wait for each other (measured:
+    -12% CPU time, -12% wall on 2 cores). The controller gives each worker its share before
+    the workers start; they, and the interpreters their tests start, inherit it."""
+    workers = getattr(config.option, "numprocesses", None)
+    controller = getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput")
+    if not controller or not isinstance(workers, int) or workers < 1 or THREADS in os.environ:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    os.environ[THREADS] = str(max(1, (cores or 1) // workers))
+    config._qwen_set_threads = True
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_qwen_set_threads", False):
+        os.environ.pop(THREADS, None)
+
+# Under pytest-xdist (`-n auto`) every worker is its own session with its own private offline
+# Hub, on purpose: sharing one would couple workers through tests that change a shared snapshot
+# for a moment (test_clt_replacement hides a config.yaml) or that build the same repo id with
+# other parameters (the first builder wins), making the content depend on timing.
 
 
 @pytest.fixture(scope="session")
@@ -18,27 +42,13 @@ def qwen3_specs(qwen_registry):
     return [s for s in qwen_registry.models.values() if s.architecture == "Qwen3ForCausalLM"]
 
 
-def run_python(code: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter (imports and registries start pristine there)."""
-    full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, env=full_env, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def apply_rendered_patch(distribution: str, root):
-    """The released source of ``distribution`` with its rendered patch applied by `git apply`."""
-    from qwen_interp.apps import upstream
-    upstream.copy_released_source(distribution, root)
-    diff = root.parent / f"{distribution}.patch"
-    diff.write_text(upstream.render(distribution))
-    proc = subprocess.run(["git", "apply", "--verbose", str(diff)], cwd=root, capture_output=True,
-                          text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert "cleanly" in proc.stderr and "rejected" not in proc.stderr
-    return root
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """``cli(*args, env=None, cwd=None)``: ``qwen-interp ARGS`` run in this process
+    (``helpers.run_cli_in_process``), a ``CompletedProcess`` like a console-script run's."""
+    def run(*args, env: dict | None = None, cwd=None):
+        return run_cli_in_process(args, capsys, monkeypatch, env=env, cwd=cwd)
+    return run
 
 
 @pytest.fixture(scope="session")

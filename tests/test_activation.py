@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import run_python
+from helpers import run_python
 
 SNAPSHOT = """
 import copy, json
@@ -21,6 +21,7 @@ def snap():
 """
 
 
+@pytest.mark.subprocess
 def test_import_twice_and_deactivate_restore_upstream_exactly():
     out = run_python(SNAPSHOT + """
 pristine = snap()
@@ -50,6 +51,7 @@ print(json.dumps(dict(pristine=pristine, active=active, again=again, restored=re
     assert s["active"]["same_objects"]  # mutated in place, never rebound
 
 
+@pytest.mark.subprocess
 def test_import_order_does_not_matter():
     out = run_python("""
 import sys, qwen_interp
@@ -60,6 +62,7 @@ print("Qwen/Qwen3-8B-Base" in OFFICIAL_MODEL_NAMES)
     assert out.stdout.strip().splitlines()[-1] == "True"
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("allowed, expected", [("", []), ("qwen3", ["qwen3"]),
                                                ("qwen3, transformerlens", ["qwen3", "transformerlens"])])
 def test_env_var_limits_autoload(allowed, expected):
@@ -74,6 +77,7 @@ print(json.dumps([qwen_interp.activation.state().plugin_names,
     assert patched == ("transformerlens" in expected and "qwen3" in expected)
 
 
+@pytest.mark.subprocess
 def test_stands_down_for_names_and_local_dirs_upstream_has():
     out = run_python(SNAPSHOT + """
 import functools
@@ -82,9 +86,9 @@ sm.OFFICIAL_MODEL_NAMES.append("Qwen/Qwen3-1.7B-Base")
 original = lp.get_official_model_name
 lp.get_official_model_name = lambda name: name if name.startswith("/") else original(name)
 pristine = snap()
-import qwen_interp
+import dataclasses, qwen_interp
 adapter = qwen_interp.registry().adapters["transformerlens"]
-status = adapter.status()
+status = {s.part: dataclasses.asdict(s) for s in adapter.status()}
 count = sm.OFFICIAL_MODEL_NAMES.count("Qwen/Qwen3-1.7B-Base")
 wrapped_dirs = id(lp.get_official_model_name) != pristine["funcs"][0]
 qwen_interp.deactivate()
@@ -94,11 +98,15 @@ print(json.dumps(dict(status=status, count=count, wrapped_dirs=wrapped_dirs,
     s = json.loads(out.stdout.strip().splitlines()[-1])
     assert s["count"] == 1
     assert not s["wrapped_dirs"]
-    assert any("already upstream" in line and "Qwen3-1.7B-Base" in line for line in s["status"])
-    assert any("upstream already accepts" in line for line in s["status"])
+    names = dict(section.split(": ", 1)
+                 for section in s["status"]["model-names"]["detail"].split("; "))
+    assert "Qwen/Qwen3-1.7B-Base" in names["already upstream"].split(", ")
+    assert "Qwen/Qwen3-1.7B-Base" not in names["added"]
+    assert s["status"]["local-dirs"]["state"] == "upstream", s["status"]  # stood down
     assert s["restored"]
 
 
+@pytest.mark.subprocess
 def test_hook_register_adapters_failing_adapter_is_undone_and_reported():
     out = run_python("""
 import json, qwen_interp
@@ -148,6 +156,7 @@ def test_conflicting_plugin_is_refused_and_registry_kept():
     assert not qwen_interp.plugin_manager().has_plugin("conflicting")
 
 
+@pytest.mark.subprocess
 def test_plugin_imported_before_qwen_interp_is_registered_once_loaded():
     """`import qwen_interp_saelens` first: qwen_interp activates while that module is half
     imported; the plugin is registered when its import finishes, before the next import (so its
@@ -159,8 +168,8 @@ import sae_lens
 import qwen_interp
 reg = qwen_interp.registry()
 print(json.dumps([len(reg.sae_releases), "saelens" in reg.adapters,
-                  reg.adapters["saelens"].status()[0]]))
+                  reg.adapters["saelens"].status()[0].state]))
 """)
-    n_releases, has_adapter, status = json.loads(out.stdout.strip().splitlines()[-1])
+    n_releases, has_adapter, state = json.loads(out.stdout.strip().splitlines()[-1])
     assert n_releases == 14 and has_adapter
-    assert not status.startswith("not active")
+    assert state != "inactive"  # the adapter ran: sae_lens was imported after registration

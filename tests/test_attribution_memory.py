@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SEED_PROMPT
+from helpers import SEED_PROMPT
 
 MODEL = "Qwen/Qwen3-1.7B-Base"
 RELEASE = "bluelightai/clt-qwen3-1.7b-base-20k"
@@ -181,8 +181,9 @@ def test_partial_influences_match_upstream_in_small_column_blocks():
                        torch.argsort(ref[:n_feat], descending=True)[:60])
 
 
+@pytest.mark.subprocess
 def test_deactivate_restores_upstream_and_activation_is_idempotent():
-    from conftest import run_python
+    from helpers import run_python
     out = run_python("""
 import json, qwen_interp
 import circuit_tracer.attribution.attribute as attribute

@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from conftest import SEED_PROMPT
+from helpers import SEED_PROMPT
 
 MODEL = "Qwen/Qwen3-1.7B-Base"
 CLT = "bluelightai/clt-qwen3-1.7b-base-20k"

@@ -88,6 +88,7 @@ def damaged_message(entry: Path, source: Path) -> str:
             f"deleted, converting {source} again")
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("keep_mtime", [True, False], ids=["mtime-restored", "mtime-changed"])
 def test_sae_cache_corrupted_in_place_is_rebuilt_in_a_new_process(tmp_path, keep_mtime):
     cache = tmp_path / "cache"
@@ -153,6 +154,8 @@ with file_lock(lock_path(final)):     # what a live conversion of ``final`` hold
 """
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sigkilled_sae_conversion_leaves_nothing_after_the_next_run(tmp_path):
     from qwen_interp_saelens.files import cache_path
     cache = tmp_path / "cache"
@@ -214,6 +217,8 @@ def convert_clt(src: Path, cache: Path, wait: bool = True):
     return proc, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sigkilled_clt_conversion_is_cleaned_and_converted_again(tmp_path):
     # 6 layers x 8192 features x d_model 256: ~230 MB to write, long enough to be killed.
     src = native_clt(tmp_path, 6, 256, 8192)
@@ -231,6 +236,8 @@ def test_sigkilled_clt_conversion_is_cleaned_and_converted_again(tmp_path):
     assert (cache / "clt" / entry / ".qwen-interp-manifest.json").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_clt_cache_changed_on_disk_is_rebuilt_and_touch_is_not(tmp_path):
     src = native_clt(tmp_path, 2, 32, 64)
     cache = tmp_path / "cache"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from conftest import SEED_PROMPT
+from helpers import SEED_PROMPT
 
 
 def test_hook_register_transcoder_releases_replacement_model_by_repo_id(qwen_offline_hub, qwen_registry):

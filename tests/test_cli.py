@@ -7,26 +7,35 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from qwen_interp import compat
 
 
 def run_cli(*args, env=None, tmp_path=None):
+    """In a fresh interpreter: for what needs one (the demo sets HF_HOME before huggingface_hub
+    is imported; QWEN_INTERP_PLUGINS is read at import). Everything else uses the ``cli``
+    fixture, which runs the same ``main`` in this process."""
     import os
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "qwen_interp.apps.cli", *args], capture_output=True,
                           text=True, env=full_env, timeout=600, cwd=tmp_path)
 
 
-def test_doctor_reports_stack_plugins_and_bridged_gaps():
-    out = run_cli("doctor")
+def test_doctor_reports_stack_plugins_and_bridged_gaps(cli):
+    out = cli("doctor")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "transformer-lens 3.2.1" in out.stdout
     assert "plugins: " in out.stdout and "transformerlens" in out.stdout
-    assert "added model names: Qwen/Qwen3-1.7B-Base" in out.stdout
-    assert "already upstream (stood down): Qwen/Qwen3-0.6B-Base" in out.stdout
+    # One line per adapter part (PartStatus.line()): "part: state (detail)".
+    names = next(line for line in out.stdout.splitlines()
+                 if "[transformerlens] model-names:" in line)
+    assert "model-names: bridged (added: Qwen/Qwen3-1.7B-Base," in names, names
+    assert "already upstream: Qwen/Qwen3-0.6B-Base" in names, names
     assert "no known-bad versions installed" in out.stdout
 
 
+@pytest.mark.subprocess
 def test_doctor_with_plugins_disabled_says_so():
     out = run_cli("doctor", env={"QWEN_INTERP_PLUGINS": ""})
     assert out.returncode == 0
@@ -35,18 +44,25 @@ def test_doctor_with_plugins_disabled_says_so():
 
 
 def test_known_bad_versions_are_flagged():
+    # Each plugin owns the rules for its upstream (and registers them as a doctor check).
+    import qwen_interp_circuit_tracer
+    import qwen_interp_qwen3
+    import qwen_interp_transformerlens
+    rules = (*qwen_interp_transformerlens.KNOWN_BAD, *qwen_interp_qwen3.KNOWN_BAD,
+             *qwen_interp_circuit_tracer.KNOWN_BAD)
     bad = compat.warnings_for({"transformers": "4.57.3", "transformer-lens": "4.3.0",
-                               "nnsight": "0.8.1", "huggingface-hub": "0.36.2"})
+                               "nnsight": "0.8.1", "huggingface-hub": "0.36.2"}, rules)
     assert [w.split()[0] for w in bad] == ["transformer-lens", "transformers", "nnsight"]
     assert compat.warnings_for({"transformers": "4.57.1", "transformer-lens": "3.2.1",
-                                "nnsight": "0.6.1"}) == []
+                                "nnsight": "0.6.1"}, rules) == []
     # The qwen35 profile (no circuit-tracer): TL 3.9 and huggingface-hub 2.x are right there.
     assert compat.warnings_for({"transformers": "5.23.0", "transformer-lens": "3.9.0",
-                                "huggingface-hub": "2.4.0"}) == []
+                                "huggingface-hub": "2.4.0"}, rules) == []
     assert len(compat.warnings_for({"transformer-lens": "3.9.0", "huggingface-hub": "2.4.0",
-                                    "circuit-tracer": "0.5.0"})) == 2
+                                    "circuit-tracer": "0.5.0"}, rules)) == 2
 
 
+@pytest.mark.subprocess
 def test_trace_demo_end_to_end(tmp_path):
     out = run_cli("trace", "--out", str(tmp_path / "graphs"), "--batch-size", "64",
                   env={"QWEN_INTERP_CACHE": str(tmp_path / "cache")}, tmp_path=tmp_path)
@@ -66,8 +82,8 @@ def test_trace_demo_end_to_end(tmp_path):
     assert (hub / "models--bluelightai--clt-qwen3-1.7b-base-20k" / "refs" / "main").is_file()
 
 
-def test_saes_lists_releases_and_cache(tmp_path):
-    out = run_cli("saes", env={"QWEN_INTERP_CACHE": str(tmp_path)})
+def test_saes_lists_releases_and_cache(tmp_path, cli):
+    out = cli("saes", env={"QWEN_INTERP_CACHE": str(tmp_path)})
     assert out.returncode == 0, out.stderr
     assert f"cache: {tmp_path}/saes" in out.stdout
     lines = [line for line in out.stdout.splitlines() if line.startswith("qwen-scope-")]
@@ -85,7 +101,7 @@ def _one_line_error(out, command="trace"):
     return lines[0]
 
 
-def test_bad_arguments_fail_in_one_line_before_any_work(tmp_path):
+def test_bad_arguments_fail_in_one_line_before_any_work(tmp_path, cli):
     env = {"QWEN_INTERP_CACHE": str(tmp_path / "cache")}
     blocked = tmp_path / "a-file"
     blocked.write_text("")
@@ -99,13 +115,15 @@ def test_bad_arguments_fail_in_one_line_before_any_work(tmp_path):
         ("--prompt", "  "): "the prompt is empty",
     }
     for args, message in cases.items():
-        out = run_cli("trace", *args, env=env, tmp_path=tmp_path)
+        out = cli("trace", *args, env=env, cwd=tmp_path)
         assert message in _one_line_error(out), (args, out.stderr)
     # Nothing was started: no demo cache, no graph files.
     assert not (tmp_path / "cache").exists()
     assert not (tmp_path / "graph_files").exists()
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_checkpoint_and_setting_errors_are_one_line(tmp_path):
     """A bad setting and a transcoder that does not fit end in one line, like argument errors."""
     cache = tmp_path / "cache"

@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import run_python
+from helpers import run_python
 
 SNAPSHOT = """
 import circuit_tracer.utils.hf_utils as hf_utils
@@ -30,6 +30,7 @@ def snapshot():
 """
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("order", ["circuit_tracer_first", "qwen_interp_first"])
 def test_deactivate_restores_upstream_exactly(order):
     code = textwrap.dedent(f"""
@@ -67,16 +68,20 @@ def test_deactivate_restores_upstream_exactly(order):
     assert proc.stdout.strip().endswith("OK")
 
 
+@pytest.mark.subprocess
 def test_adapter_reports_what_it_did():
     proc = run_python("""
-        import json, qwen_interp
+        import dataclasses, json, qwen_interp
         import circuit_tracer.replacement_model.replacement_model_nnsight
-        print(json.dumps(qwen_interp.registry().adapters["circuit_tracer"].status()))
+        status = qwen_interp.registry().adapters["circuit_tracer"].status()
+        print(json.dumps({s.part: dataclasses.asdict(s) for s in status}))
         """)
     status = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert any("added ['hook_resid_mid', 'hook_mlp_out']" in s and "stood down" in s
-               for s in status), status
-    assert any("first position" in s for s in status)
+    mapping = status["nnsight-mapping:Qwen3ForCausalLM"]
+    assert mapping["state"] == "bridged", status
+    assert mapping["detail"] == ("added ['hook_resid_mid', 'hook_mlp_out']; upstream already "
+                                 "maps ['mlp.hook_in', 'mlp.hook_out']")
+    assert status["first-position:NNSightReplacementModel"]["state"] == "bridged"
 
 
 CONVERT = """
@@ -90,6 +95,8 @@ print(json.dumps({"path": clt.clt_path, "sum": float(clt.decode(clt.encode(x).to
 """
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_processes_convert_once(tmp_path):
     import time
 
@@ -138,6 +145,8 @@ def test_changed_source_converts_again(tmp_path, monkeypatch):
     assert not torch.equal(first.b_enc, second.b_enc)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_no_noise_from_replacement_model_at_interpreter_exit(qwen_offline_hub, qwen_registry):
     """Upstream's __del__ prints an ignored TypeError when the interpreter exits with a
     TransformerLens replacement model alive; with the plugin it exits quietly."""

@@ -1,6 +1,6 @@
 """BluelightAI CLTs in circuit-tracer on the small offline Qwen3-1.7B-Base, both backends.
 
-References: the HF model itself (forward hooks), FACTS.md §3 formulas on the tensors read from
+References: the HF model itself (forward hooks), the formulas of docs/formats.md on the tensors read from
 the CLT files, and circuit-tracer's own invariants.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors import safe_open
-from conftest import SEED_PROMPT
+from helpers import SEED_PROMPT
 
 MODEL = "Qwen/Qwen3-1.7B-Base"
 RELEASE = "bluelightai/clt-qwen3-1.7b-base-20k"
@@ -83,7 +83,7 @@ def clt_tensors(folder, n_layers):
 
 
 def formula_acts(enc, xs):
-    """FACTS.md §3: pre = x @ W_enc.T + b_enc; f = pre * (pre > threshold)."""
+    """docs/formats.md (circuit-tracer layout): pre = x @ W_enc.T + b_enc; f = pre * (pre > threshold)."""
     out = []
     for l, x in enumerate(xs):
         e = {k.rsplit("_", 1)[0]: v.float() for k, v in enc[l].items()}

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_python
+import pytest
+
+from helpers import run_python
 
 
 RESTORE = """
@@ -68,10 +70,15 @@ pristine = snapshot()
 classmethod_before = vars(ReplacementModel)["from_pretrained"]
 import qwen_interp
 from qwen_interp.patching import PatchSet
+def patch_sets(adapter):  # a PatchSet attribute, or one per part (AdapterBase)
+    for value in vars(adapter).values():
+        for ps in value.values() if isinstance(value, dict) else [value]:
+            if isinstance(ps, PatchSet):
+                yield ps
+
 patched = sorted({f"{getattr(o, '__qualname__', getattr(o, '__name__', ''))}.{n}"
                   for adapter in qwen_interp.registry().adapters.values()
-                  for ps in vars(adapter).values() if isinstance(ps, PatchSet)
-                  for o, n in ps.targets()})
+                  for ps in patch_sets(adapter) for o, n in ps.targets()})
 active = dict(changed=changed(pristine), cls=cls_seen(),
               kind=type(vars(ReplacementModel)["from_pretrained"]).__name__)
 qwen_interp.deactivate()
@@ -80,6 +87,8 @@ print(json.dumps(dict(patched=patched, active=active, after=changed(pristine), c
 """
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_deactivate_restores_every_patched_upstream_object_exactly(qwen_offline_hub,
                                                                     qwen_registry):
     """Objects are taken before ``import qwen_interp``, in a fresh interpreter with every module

@@ -1,4 +1,4 @@
-"""Fast Qwen3 loading into HookedTransformer (fast_load.py, issue 8).
+"""Fast Qwen3 loading into HookedTransformer (fast_load.py).
 
 Every parameter and buffer equals upstream's ``from_pretrained`` (QWEN_INTERP_FAST_LOAD=0) with
 the same arguments, bit for bit on the CPU (W_U in one chunk: same layout and kernel); with the
@@ -15,7 +15,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_python
+from helpers import run_python
 
 DENSE = ["Qwen/Qwen3-0.6B-Base", "Qwen/Qwen3-1.7B-Base", "Qwen/Qwen3-4B-Base",
          "Qwen/Qwen3-8B-Base", "Qwen/Qwen3-14B-Base"]
@@ -61,6 +61,7 @@ def assert_same(ours, up, ulps_wu: int = 0):
     assert type(ours.ln_final) is type(up.ln_final)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("repo_id", DENSE)
 def test_equals_upstream(repo_id, monkeypatch, qwen_offline_hub, qwen_registry):
     from transformer_lens import HookedTransformer
@@ -137,6 +138,7 @@ def test_fallbacks(qwen_offline_hub, qwen_registry):
     assert fl().last_path.startswith("upstream: dtype")
 
 
+@pytest.mark.subprocess
 def test_deactivate_restores_upstream_classmethod():
     out = run_python("""
 import json, transformer_lens
@@ -203,6 +205,8 @@ def midsize_checkpoint(tmp_path_factory, qwen_offline_hub):
     return path
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_bounded_memory(midsize_checkpoint):
     """Peak RSS growth while loading (default processing, bf16, CPU): ours <= 1.25x the model's
     bytes; upstream's path > 2x (HF model + fp32 state dict + clones)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from conftest import SEED_PROMPT
+from helpers import SEED_PROMPT
 
 
 def hf_value(model, point, layer, ids):
@@ -27,7 +27,7 @@ def hf_value(model, point, layer, ids):
     return seen["x"]
 
 
-def test_hook_register_hook_name_maps_qwen3_points_agree_hf_vs_tl(qwen_offline_hub, qwen_registry):
+def test_qwen3_family_hook_points_agree_hf_vs_tl(qwen_offline_hub, qwen_registry):
     from circuit_tracer import ReplacementModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
     spec = qwen_registry.model("Qwen/Qwen3-1.7B-Base")

@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from conftest import SEED_PROMPT, run_python
+from helpers import SEED_PROMPT, run_python
 
 MOE = "Qwen/Qwen3-30B-A3B-Base"
 TOL = 1e-4
@@ -263,6 +263,7 @@ print(json.dumps(dict(pristine=pristine, pristine_cfg=pristine_cfg, active=activ
 """
 
 
+@pytest.mark.subprocess
 def test_moe_deactivate_restores_upstream_exactly():
     import json
     out = run_python(DEACTIVATE)
@@ -275,6 +276,7 @@ def test_moe_deactivate_restores_upstream_exactly():
     assert s["restored_cfg"] == s["pristine_cfg"]
 
 
+@pytest.mark.subprocess
 def test_moe_stands_down_when_upstream_supports_it():
     import json
     out = run_python("""
@@ -290,11 +292,13 @@ def pretend(name, **kw):  # upstream with its own Qwen3MoeForCausalLM branch
     return original(name, **kw)
 lp.convert_hf_model_config = pretend
 factory, state_dict = tb.MLPFactory, lp.get_pretrained_state_dict
-import qwen_interp
-status = qwen_interp.registry().adapters["transformerlens"].status()
+import dataclasses, qwen_interp
+status = {s.part: dataclasses.asdict(s)
+          for s in qwen_interp.registry().adapters["transformerlens"].status()}
 print(json.dumps(dict(status=status, factory=tb.MLPFactory is factory,
                       state_dict=lp.get_pretrained_state_dict is state_dict)))
 """)
     s = json.loads(out.stdout.strip().splitlines()[-1])
-    assert any("Qwen3MoeForCausalLM" in line and "stood down" in line for line in s["status"])
+    moe = s["status"]["moe"]
+    assert moe["state"] == "upstream" and "Qwen3MoeForCausalLM" in moe["detail"], moe  # stood down
     assert s["factory"] and s["state_dict"]

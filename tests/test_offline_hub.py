@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from conftest import SEED_PROMPT
+from helpers import SEED_PROMPT
 from qwen_interp.apps.testing import small_config
 
 
@@ -39,6 +39,7 @@ def test_genuine_tokenizer_and_offline(qwen_offline_hub, qwen_registry):
         AutoTokenizer.from_pretrained("Qwen/Qwen3-32B")
 
 
+@pytest.mark.subprocess
 def test_concurrent_builders_leave_one_complete_snapshot(tmp_path):
     code = f"""
 import sys, time

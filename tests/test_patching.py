@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import types
 
-from conftest import run_python
+import pytest
+
+from helpers import run_python
 from qwen_interp.patching import PatchSet
 
 
@@ -25,6 +27,7 @@ def test_patchset_undo_restores_objects_and_order():
     assert not p
 
 
+@pytest.mark.subprocess
 def test_import_watch_runs_after_import_and_at_once_if_imported():
     out = run_python("""
 import sys

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_python
+from helpers import run_python
 
 HEADER = """
 from qwen_interp import hookimpl
@@ -72,11 +72,20 @@ def register_models(register):
 def register_models(reg):
     reg(spec("bad/Qwen3-Args"))
 """,
-    # Misspelled hook and a forgotten decorator: loaded, with a warning for each.
+    # A misspelled hook (pluggy's check_pending() refuses it) and a forgotten decorator: skipped.
     "typo": """
 @hookimpl
 def register_model(register):
     register(spec("typo/Qwen3-Tiny-Base"))
+
+def register_sae_releases(register):
+    pass
+""",
+    # A forgotten decorator alone: loaded, with a warning.
+    "nodecorator": """
+@hookimpl
+def register_models(register):
+    register(spec("nodeco/Qwen3-Tiny-Base"))
 
 def register_sae_releases(register):
     pass
@@ -101,13 +110,17 @@ SKIPPED = {
                  "dict {'repo_id': 'bad/Qwen3-Dict'}",
     "broken_import": "failed to load: ImportError: needs a package that is not installed",
 }
-TYPO_WARNINGS = [
-    "plugin 'typo': @hookimpl 'register_model' matches no qwen-interp hook, so it is never "
-    "called; did you mean 'register_models'?",
-    "plugin 'typo': 'register_sae_releases' lacks the @qwen_interp.hookimpl decorator, so it is "
-    "never called",
+TYPO_PROBLEMS = [
+    "@hookimpl 'register_model' matches no qwen-interp hook, so it is never called; did you mean "
+    "'register_models'?",
+    "'register_sae_releases' lacks the @qwen_interp.hookimpl decorator, so it is never called",
 ]
-BUILTINS = ["circuit_tracer", "qwen3", "qwen35", "saelens", "transformerlens"]
+SKIPPED["typo"] = "plugin 'typo': " + "; ".join(TYPO_PROBLEMS)
+NODECORATOR_WARNINGS = [
+    "plugin 'nodecorator': 'register_sae_releases' lacks the @qwen_interp.hookimpl decorator, so "
+    "it is never called",
+]
+BUILTINS = ["qwen3", "qwen35", "transformerlens", "circuit_tracer", "saelens"]  # the list's order
 
 
 def install(root: Path, names) -> Path:
@@ -143,6 +156,7 @@ def loaded(site):
     return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
 
 
+@pytest.mark.subprocess
 def test_broken_plugins_are_skipped_and_named(loaded):
     state, _ = loaded
     assert state["skipped"] == {**SKIPPED, "badargs": state["skipped"]["badargs"]}
@@ -152,23 +166,29 @@ def test_broken_plugins_are_skipped_and_named(loaded):
         "hookimpl but can not be found in the hookspec")
 
 
+@pytest.mark.subprocess
 def test_good_plugins_still_load(loaded):
     state, _ = loaded
-    assert state["names"] == [*BUILTINS, "acme_a", "typo"]
+    assert state["names"] == [*BUILTINS, "acme_a", "nodecorator"]
     assert state["owners"]["acme/Qwen3-Tiny-Base"] == "acme_a"  # the earlier of the conflict
     # The built-in records won over the third-party ones that conflicted with them.
     assert state["owners"]["Qwen/Qwen3-1.7B-Base"] == "qwen3" and state["d_model_17b"] == 2048
     assert state["alias_8b"] == "Qwen/Qwen3-8B-Base"
     assert not any(key.startswith(("bad/", "thief/", "typo/")) for key in state["owners"])
+    assert state["owners"]["nodeco/Qwen3-Tiny-Base"] == "nodecorator"
 
 
-def test_misspelled_hook_and_missing_decorator_are_warned_about(loaded):
+@pytest.mark.subprocess
+def test_misspelled_hook_is_skipped_and_missing_decorator_is_warned_about(loaded):
     state, stderr = loaded
-    assert state["warnings"] == TYPO_WARNINGS
-    for text in TYPO_WARNINGS:
+    assert state["skipped"]["typo"] == SKIPPED["typo"]
+    assert "typo" not in state["names"]
+    assert state["warnings"] == NODECORATOR_WARNINGS
+    for text in NODECORATOR_WARNINGS:
         assert f"qwen-interp: {text}" in stderr
 
 
+@pytest.mark.subprocess
 def test_each_skip_is_logged_once_at_import(loaded):
     _, stderr = loaded
     for name, why in SKIPPED.items():
@@ -182,25 +202,27 @@ def doctor(env: dict) -> subprocess.CompletedProcess:
                           env={**os.environ, **env})
 
 
+@pytest.mark.subprocess
 def test_doctor_lists_skipped_plugins_and_warnings(site):
     proc = doctor({"PYTHONPATH": str(site)})
     assert proc.returncode == 1, proc.stderr  # problems found, reported, no traceback
     assert "Traceback" not in proc.stderr
     lines = proc.stdout.splitlines()
-    assert f"plugins: {', '.join([*BUILTINS, 'acme_a', 'typo'])}" in lines
+    assert f"plugins: {', '.join([*BUILTINS, 'acme_a', 'nodecorator'])}" in lines
     for name, why in SKIPPED.items():
         assert f"  SKIPPED plugin {name!r}: {why}" in lines
-    for text in TYPO_WARNINGS:
+    for text in NODECORATOR_WARNINGS:
         assert f"  WARNING: {text}" in lines
     assert "upstream gaps bridged:" in lines  # the rest of the report still ran
 
 
+@pytest.mark.subprocess
 def test_unknown_names_in_plugin_env_var_are_reported(site):
     env = {"PYTHONPATH": str(site), "QWEN_INTERP_PLUGINS": "qwen3, acme_a, acme-a, nosuch"}
     want = ("QWEN_INTERP_PLUGINS names 'acme-a', 'nosuch', but no installed plugin has that "
             "name; installed: aaa_shadow, acme_a, acme_b, alias_thief, badargs, badtype, boom, "
-            "broken_import, circuit_tracer, notrecord, qwen3, qwen35, saelens, transformerlens, "
-            "typo")
+            "broken_import, circuit_tracer, nodecorator, notrecord, qwen3, qwen35, saelens, "
+            "transformerlens, typo")
     out = run_python(STATE, env=env)
     state = json.loads(out.stdout.strip().splitlines()[-1])
     assert state["names"] == ["qwen3", "acme_a"] and state["skipped"] == {}
@@ -210,6 +232,7 @@ def test_unknown_names_in_plugin_env_var_are_reported(site):
     assert proc.returncode == 1 and f"  WARNING: {want}" in proc.stdout.splitlines()
 
 
+@pytest.mark.subprocess
 def test_doctor_is_clean_without_broken_plugins():
     proc = doctor({})
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -230,8 +253,7 @@ def _runtime_plugin(body: str):
     ("boom", "plugin 'runtime-boom': its register_models hook raised RuntimeError: boom"),
     ("badtype", "plugin 'runtime-badtype' registered a malformed model: ModelSpec.d_model must be "
                 "int, got str '256'"),
-    ("typo", "plugin 'runtime-typo': " + "; ".join(t.removeprefix("plugin 'typo': ")
-                                                    for t in TYPO_WARNINGS)),
+    ("typo", "plugin 'runtime-typo': " + "; ".join(TYPO_PROBLEMS)),
 ])
 def test_register_plugin_at_run_time_raises_and_changes_nothing(name, message):
     import qwen_interp

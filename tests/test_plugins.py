@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_python
+from helpers import run_python
 from qwen_interp import hookimpl, hookspecs
 from qwen_interp.specs import ModelSpec
 
@@ -41,6 +41,7 @@ def install_fake_distribution(root: Path) -> None:
     (dist / "entry_points.txt").write_text("[qwen_interp]\nacme = acme_qwen\n")
 
 
+@pytest.mark.subprocess
 def test_hook_register_models_entry_point_plugin_model_loads(tmp_path, qwen_offline_hub):
     qwen_offline_hub.model(TINY)
     install_fake_distribution(tmp_path)

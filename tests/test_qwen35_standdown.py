@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 
 import qwen_interp
-from conftest import run_python
 
 QWEN35_REPOS = ["Qwen/Qwen3.5-2B-Base", "Qwen/Qwen3.5-9B-Base", "Qwen/Qwen3.5-27B",
                 "Qwen/Qwen3.5-35B-A3B-Base"]
@@ -37,27 +36,27 @@ def test_release_models_match_their_sae_releases(qwen_registry):
 def test_status_and_load_model():
     import qwen_interp_qwen35 as q
     adapter = qwen_interp.registry().adapters["qwen35"]
-    status = adapter.status()
+    status = {s.part: s for s in adapter.status()}
     if q.qwen35_supported():
-        assert all(any(line.startswith(f"{r}: load_model -> ") for line in status)
-                   for r in QWEN35_REPOS), status
+        assert status["transformers"].state == "upstream", status  # runs Qwen3.5 as published
+        assert all(status[r].detail.startswith("load_model -> ") for r in QWEN35_REPOS), status
         return
-    assert status[0].startswith("stood down: transformers 4.")
-    assert "Qwen3.5 needs transformers >= 5.2" in status[0] and "profile qwen35" in status[0]
+    runtime = status["transformers"]
+    assert runtime.state == "inactive"  # stood down
+    assert runtime.detail.startswith("transformers 4.")
+    assert "Qwen3.5 needs transformers >= 5.2" in runtime.detail
+    assert "profile qwen35" in runtime.detail
     with pytest.raises(RuntimeError, match=r"transformers >= 5\.2.*profile qwen35"):
         q.load_model("Qwen/Qwen3.5-2B-Base")
 
 
-def test_doctor_reports_the_plugin():
-    proc = run_python("""
-        from qwen_interp.apps.cli import main
-        main(["doctor"])
-    """, check=False)
+def test_doctor_reports_the_plugin(cli):
+    proc = cli("doctor")
     lines = [line for line in proc.stdout.splitlines() if "[qwen35]" in line]
     assert lines, proc.stdout + proc.stderr
     import qwen_interp_qwen35 as q
     if not q.qwen35_supported():
-        assert "stood down" in lines[0] and "profile qwen35" in lines[0], lines
+        assert "transformers: inactive (" in lines[0] and "profile qwen35" in lines[0], lines
     assert "qwen35" in proc.stdout.split("plugins:")[1].splitlines()[0]
 
 

@@ -77,6 +77,7 @@ def test_every_readme_command_is_tested():
     assert untested == []
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("command", sorted(ON_DEFAULT))
 def test_readme_command_on_the_builtin_default(command, tmp_path):
     assert command in _tool_commands(), f"{command!r} is no longer in the README"
@@ -87,6 +88,7 @@ def test_readme_command_on_the_builtin_default(command, tmp_path):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.subprocess
 def test_trace_on_real_checkpoints_fails_in_one_line_here(tmp_path):
     """The README's real-checkpoint trace needs the Hub (or a filled HF cache) and a GPU; here it
     must end in one clear line, not a traceback, and write nothing."""
@@ -112,6 +114,7 @@ def _get(url: str, deadline: float) -> bytes:
             time.sleep(0.5)
 
 
+@pytest.mark.subprocess
 def test_trace_from_an_empty_folder_and_the_viewer_command(tmp_path):
     """`qwen-interp trace`, no arguments, in an empty folder: exit 0 and the three files; then the
     viewer command it prints serves the graph and its metadata from that relative folder."""

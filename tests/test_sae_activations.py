@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import qwen_interp
-from conftest import SEED_PROMPT
+from helpers import SEED_PROMPT
 
 # The Qwen3 models behind Qwen-Scope releases (the Qwen3.5 ones run in the qwen35 profile).
 RELEASE_MODELS = ["Qwen/Qwen3-1.7B-Base", "Qwen/Qwen3-8B-Base", "Qwen/Qwen3-30B-A3B-Base"]
@@ -52,7 +52,7 @@ def hf_layer_outputs(repo_id: str, ids: torch.Tensor) -> list[torch.Tensor]:
 
 
 def qwen_scope_reference(x: torch.Tensor, raw: dict, k: int) -> torch.Tensor:
-    """FACTS.md §4: pre = x @ W_enc.T + b_enc; keep the top k of relu(pre)."""
+    """docs/formats.md (Qwen-Scope): pre = x @ W_enc.T + b_enc; keep the top k of relu(pre)."""
     acts = torch.relu(x @ raw["W_enc"].T + raw["b_enc"])
     top = acts.topk(k, dim=-1)
     return torch.zeros_like(acts).scatter(-1, top.indices, top.values)
@@ -109,9 +109,10 @@ def test_sae_attached_to_model_changes_downstream_only_through_reconstruction(ti
 def test_release_models_covered(qwen_registry):
     """Every release whose model runs in this profile's HookedTransformer is exercised above
     (the Qwen3.5 ones run in the qwen35 profile: tests/qwen35)."""
-    from qwen_interp_transformerlens import HOOKED_TRANSFORMER_ARCHITECTURES
+    from qwen_interp_transformerlens import hooked_transformer_architectures
+    hooked = hooked_transformer_architectures(qwen_interp.registry())
     models = qwen_registry.models
     registered = {rel.model_repo_id for name, rel in qwen_interp.registry().sae_releases.items()
                   if name.startswith("qwen-scope-") and rel.model_repo_id in models
-                  and models[rel.model_repo_id].architecture in HOOKED_TRANSFORMER_ARCHITECTURES}
+                  and models[rel.model_repo_id].architecture in hooked}
     assert registered == set(RELEASE_MODELS)

@@ -246,6 +246,7 @@ print(hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))
 """
 
 
+@pytest.mark.subprocess
 def test_cache_safe_under_concurrent_processes(tmp_path, cache):
     from qwen_interp.apps.testing.sae_hub import qwen_scope_tensors, write_qwen_scope_layer
     tensors = qwen_scope_tensors(256, 4096, seed=7)

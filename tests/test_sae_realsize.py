@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 
-from conftest import SEED_PROMPT, run_python
+import pytest
+
+from helpers import SEED_PROMPT, run_python
 
 REAL = "qwen-scope-3-1.7b-base-w32k-l50"
 
@@ -64,6 +66,7 @@ print("RESULT " + json.dumps(result))
 """
 
 
+@pytest.mark.subprocess
 def test_real_width_activations_equal_hf_reference(tmp_path, tmp_path_factory, qwen_offline_hub,
                                                   qwen_registry):
     from qwen_interp.apps.testing.hub import OfflineHub

@@ -1,4 +1,4 @@
-"""Qwen-Scope releases: registered as FACTS.md §4 says, equal to SAELens's own entries and config,
+"""Qwen-Scope releases: registered as docs/formats.md lists them, equal to SAELens's own entries and config,
 and the SAELens adapter stands down where SAELens has them / provides them where it does not."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import qwen_interp
 
 REAL = "qwen-scope-3-1.7b-base-w32k-l50"
 
-# FACTS.md §4: model, d_model, layers, (width K, k) pairs.
+# docs/formats.md, Qwen-Scope table: model, d_model, layers, (width K, k) pairs.
 FACTS = {
     "Qwen3-1.7B-Base": (2048, 28, {(32, 50), (32, 100)}),
     "Qwen3-8B-Base": (4096, 36, {(64, 50), (64, 100)}),
@@ -101,7 +101,8 @@ def test_adapter_stands_down_on_current_saelens_and_restores_exactly():
         assert loader_table.keys() == pristine[1].keys()
         assert isinstance(loader_table["qwen_scope"], __import__("qwen_interp_saelens").QwenScopeLoader)
         assert adapter.loader.upstream_config is loaders.get_qwen_scope_config_from_hf
-        assert any("14 already in SAELens (stood down), 0 added" in s for s in adapter.status())
+        releases = {s.part: s for s in adapter.status()}["releases"]
+        assert (releases.state, releases.detail) == ("upstream", "14 already in SAELens")
     finally:
         adapter.deactivate()
         after = _upstream_state()
@@ -137,7 +138,9 @@ def test_adapter_provides_releases_where_saelens_lacks_them(qwen_offline_hub):
         assert set(qwen_scope_releases()) <= set(directory)
         assert directory[REAL].saes_map["layer27"] == "layer27.sae.pt"
         assert "qwen_scope" in loaders.NAMED_PRETRAINED_SAE_CONFIG_GETTERS
-        assert any("0 already in SAELens (stood down), 14 added" in s for s in adapter.status())
+        releases = {s.part: s for s in adapter.status()}["releases"]
+        assert releases.state == "bridged"
+        assert releases.detail.startswith("0 already in SAELens, 14 added: "), releases
         sae, cfg, _ = SAE.from_pretrained_with_cfg_and_sparsity(REAL, "layer0")
         assert cfg == ref_cfg
         assert (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.k) == (2048, 32768, 50)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import qwen_interp
-from conftest import SEED_PROMPT
+from helpers import SEED_PROMPT
 
 MODEL = "Qwen/Qwen3-1.7B-Base"
 

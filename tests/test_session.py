@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import SEED_PROMPT
+from helpers import SEED_PROMPT
 
 LAYERS = [0, 2]
 

@@ -1,4 +1,4 @@
-"""Fast Qwen3 forward in HookedTransformer (fast_forward.py, issue 8): same numbers, same hooks.
+"""Fast Qwen3 forward in HookedTransformer (fast_forward.py): same numbers, same hooks.
 
 References: upstream TL's forward (``QWEN_INTERP_FAST_FORWARD=0``, read at every call, so one
 model serves both) and HF transformers. Tolerances, CPU fp32:
@@ -26,7 +26,7 @@ import os
 import pytest
 import torch
 
-from conftest import SEED_PROMPT
+from helpers import SEED_PROMPT
 
 DENSE_17 = "Qwen/Qwen3-1.7B-Base"
 DENSE_4 = "Qwen/Qwen3-4B-Base"  # 4:1 GQA, head_dim * heads != d_model
@@ -90,7 +90,8 @@ def test_status_line_and_patched_classes():
     from qwen_interp_transformerlens import _ADAPTER
     from transformer_lens.components import TransformerBlock
     assert TransformerBlock.forward.__code__.co_filename == ff().__file__
-    assert any(line.startswith("fast Qwen3 forward") for line in _ADAPTER.status())
+    fast_forward = {s.part: s for s in _ADAPTER.status()}["fast-forward"]
+    assert fast_forward.state == "bridged", fast_forward
 
 
 @pytest.mark.parametrize("repo_id", MODELS)
@@ -300,8 +301,9 @@ def test_env_off_is_upstream_everywhere(models, ids):
     assert set(n) == {"block:upstream", "attention:upstream", "mlp:upstream"}
 
 
+@pytest.mark.subprocess
 def test_deactivate_restores_upstream_objects():
-    from conftest import run_python
+    from helpers import run_python
     out = run_python("""
 import json
 from transformer_lens.components import AbstractAttention, TransformerBlock, Unembed

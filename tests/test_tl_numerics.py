@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import SEED_PROMPT
+from helpers import SEED_PROMPT
 
 QWEN3_BASE = ["Qwen/Qwen3-0.6B-Base", "Qwen/Qwen3-1.7B-Base", "Qwen/Qwen3-4B-Base",
               "Qwen/Qwen3-8B-Base", "Qwen/Qwen3-14B-Base"]

@@ -13,7 +13,7 @@ import site
 
 import pytest
 import torch
-from conftest import run_python
+from helpers import run_python
 
 MODEL = "Qwen/Qwen3-0.6B-Base"
 RTOL = 1e-5  # |dA| <= RTOL * max|A|, fp32 (summation order only)
@@ -77,6 +77,7 @@ def test_render_has_the_patch_and_ships_the_plugin_modules_unchanged():
         assert "".join(f"+{line}\n" for line in source.splitlines()[:20]) in text
 
 
+@pytest.mark.subprocess
 def test_patched_release_builds_upstreams_graph_without_plugins(patched_root, clt_dir, tmp_path):
     env = {"QWEN_INTERP_PLUGINS": ""}
     patched = run_python(GRAPH.format(root=patched_root, clt=clt_dir, model=MODEL,
@@ -101,16 +102,21 @@ def test_patched_release_builds_upstreams_graph_without_plugins(patched_root, cl
     assert (A - B).abs().max() <= RTOL * B.abs().max()
 
 
+@pytest.mark.subprocess
 def test_attribution_adapter_stands_down_on_patched_release(patched_root):
     out = run_python("""
-import json, qwen_interp
+import dataclasses, json, qwen_interp
 import circuit_tracer.transcoder.cross_layer_transcoder as clt
 method = clt.CrossLayerTranscoder.compute_attribution_components
-print(json.dumps([qwen_interp.registry().adapters["circuit_tracer_attribution"].status(),
+print(json.dumps([{s.part: dataclasses.asdict(s) for s in
+                   qwen_interp.registry().adapters["circuit_tracer_attribution"].status()},
                   not hasattr(method, "__qwen_interp_original__")]))
 """, env={"PYTHONPATH": patched_root})
     status, untouched = json.loads(out.stdout.strip().splitlines()[-1])
-    assert any("already upstream" in line and "stood down" in line for line in status), status
+    assert status["bounded-components"] == {
+        "adapter": "circuit_tracer_attribution", "part": "bounded-components",
+        "state": "upstream", "detail": "circuit_tracer.attribution.active_decoders; stood down"}
+    assert not any(s["state"] == "bridged" for s in status.values()), status
     assert untouched
 
 
@@ -176,6 +182,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("skip_connection", [False, True])
 @pytest.mark.parametrize("source", ["release", "patched"])
 def test_compute_attribution_components_keeps_upstreams_contract(source, skip_connection,

@@ -16,7 +16,7 @@ import site
 
 import pytest
 import torch
-from conftest import SEED_PROMPT, run_python
+from helpers import SEED_PROMPT, run_python
 
 MODEL = "Qwen/Qwen3-0.6B-Base"
 # Not the registered release id: the session's offline Hub keeps that one in the hub layout for
@@ -126,6 +126,7 @@ def test_rendered_patches_apply_to_the_release(patched_root):
         assert "(already upstream: nothing to change)" in section and "+++ " not in section
 
 
+@pytest.mark.subprocess
 def test_patched_loads_native_clts_like_the_plugin(both_sides):
     patched, plugin, _ = both_sides
     for repo in NATIVE:
@@ -142,6 +143,7 @@ def test_patched_loads_native_clts_like_the_plugin(both_sides):
                                                ".TopKCrossLayerTranscoder")
 
 
+@pytest.mark.subprocess
 def test_patched_string_inputs_get_the_first_position(both_sides):
     patched, plugin, _ = both_sides
     for repo in NATIVE:
@@ -153,6 +155,7 @@ def test_patched_string_inputs_get_the_first_position(both_sides):
     assert isinstance(p["generated"], str) and p["generated"] == q["generated"]
 
 
+@pytest.mark.subprocess
 def test_unpatched_release_without_plugins_cannot_load_native(native_repos, tmp_path):
     bare = run_side(site.getsitepackages()[0], {SINGLE: SINGLE}, tmp_path / "x.pt",
                     env={"QWEN_INTERP_PLUGINS": ""}, check=False)
@@ -160,7 +163,7 @@ def test_unpatched_release_without_plugins_cannot_load_native(native_repos, tmp_
 
 
 STANDDOWN = """
-import json, torch, qwen_interp
+import dataclasses, json, torch, qwen_interp
 import circuit_tracer
 assert circuit_tracer.__file__.startswith({root!r})
 from circuit_tracer import ReplacementModel
@@ -179,11 +182,13 @@ wrapped = [m for cls in (tl.TransformerLensReplacementModel, nn.NNSightReplaceme
 checked = [m for cls in (tl.TransformerLensReplacementModel, nn.NNSightReplacementModel)
            for m in ("get_activations", "feature_intervention", "feature_intervention_generate")
            if any(f.__code__.co_name == "prompt_check_wrapper" for f in chain(getattr(cls, m)))]
-print(json.dumps(dict(status=qwen_interp.registry().adapters["circuit_tracer"].status(),
-                      wrapped=wrapped, checked=checked, scan=rm.scan)))
+status = {{s.part: dataclasses.asdict(s) for s in
+           qwen_interp.registry().adapters["circuit_tracer"].status()}}
+print(json.dumps(dict(status=status, wrapped=wrapped, checked=checked, scan=rm.scan)))
 """
 
 
+@pytest.mark.subprocess
 def test_plugin_stands_down_on_patched_upstream(patched_root, native_repos, tmp_path):
     qi_cache, ct_cache = tmp_path / "qi", tmp_path / "ct"
     # A local folder: the plugin's own loader (folders, formats) runs and hands the native
@@ -193,12 +198,14 @@ def test_plugin_stands_down_on_patched_upstream(patched_root, native_repos, tmp_
                           "CIRCUIT_TRACER_CACHE_DIR": str(ct_cache)})
     res = json.loads(out.stdout.strip().splitlines()[-1])
     status = res["status"]
-    for part in ("BluelightAI native formats", "top-k CLTs"):
-        assert any(s.startswith(f"{part}: already upstream") for s in status), status
+    for part, module in (("native-formats", "circuit_tracer.transcoder.bluelight"),
+                         ("topk-clts", "circuit_tracer.transcoder.topk_cross_layer_transcoder")):
+        assert status[part]["state"] == "upstream", status
+        assert status[part]["detail"] == f"{module}; the plugin delegates to it"
     for cls in ("TransformerLensReplacementModel", "NNSightReplacementModel"):
-        assert any(s.startswith(f"{cls}: first position for string inputs already upstream")
-                   for s in status), status
-    assert not any("<|endoftext|> first position" in s for s in status), status
+        # upstream tokenizes strings in all three methods: the wrapper stands down (not bridged)
+        assert status[f"first-position:{cls}"]["state"] == "upstream", status
+        assert status[f"prompt-checks:{cls}"]["state"] == "bridged", status
     assert res["wrapped"] == []
     assert len(res["checked"]) == 6  # prompt checks are the plugin's own, on upstream too
     assert res["scan"] == native_repos[SINGLE]  # loaded through the plugin's folder loader
@@ -207,17 +214,22 @@ def test_plugin_stands_down_on_patched_upstream(patched_root, native_repos, tmp_
     assert not (qi_cache / "clt").exists() or not any((qi_cache / "clt").iterdir())
 
 
+@pytest.mark.subprocess
 def test_plugin_still_provides_the_parts_on_the_release():
     out = run_python("""
-import json, qwen_interp, circuit_tracer
+import dataclasses, json, qwen_interp, circuit_tracer
 import circuit_tracer.replacement_model.replacement_model_transformerlens
-print(json.dumps(qwen_interp.registry().adapters["circuit_tracer"].status()))
+print(json.dumps({s.part: dataclasses.asdict(s)
+                  for s in qwen_interp.registry().adapters["circuit_tracer"].status()}))
 """)
     status = json.loads(out.stdout.strip().splitlines()[-1])
-    assert "BluelightAI native formats: provided by the plugin" in status
-    assert "top-k CLTs: provided by the plugin" in status
-    assert ("TransformerLensReplacementModel: <|endoftext|> first position for Qwen string inputs"
-            in status)
+    for part in ("native-formats", "topk-clts"):
+        assert status[part]["state"] == "bridged", status
+        assert status[part]["detail"] == "provided by the plugin"
+    first = status["first-position:TransformerLensReplacementModel"]
+    assert first["state"] == "bridged", status  # <|endoftext|> first for Qwen string inputs
+    assert first["detail"] == ("wrapped ['get_activations', 'feature_intervention', "
+                               "'feature_intervention_generate']")
 
 
 def test_nnsight_mappings_in_both_upstream_layouts():
@@ -252,6 +264,7 @@ else:
 """
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("patched", [False, True])
 def test_graph_metadata_into_a_relative_folder(patched, patched_root, tmp_path):
     """Upstream's add_graph_metadata fails on a relative folder (dirname is ""); the patch

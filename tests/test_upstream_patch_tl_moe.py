@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import inspect
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-from conftest import run_python
+from helpers import run_python
 
 MOE = "Qwen/Qwen3-30B-A3B-Base"
 TITLE = "Qwen3-MoE (Qwen3MoeForCausalLM) in HookedTransformer"
@@ -30,10 +28,9 @@ def moe_checkpoint(qwen_offline_hub, qwen_registry):
     return qwen_offline_hub.model(qwen_registry.model(MOE))
 
 
-def test_cli_render_includes_the_moe_patch_cut_from_the_plugin():
+def test_cli_render_includes_the_moe_patch_cut_from_the_plugin(cli):
     from qwen_interp_transformerlens import moe
-    proc = subprocess.run([sys.executable, "-m", "qwen_interp.apps.cli", "patches", "render",
-                           "transformer-lens"], capture_output=True, text=True)
+    proc = cli("patches", "render", "transformer-lens")
     assert proc.returncode == 0, proc.stderr
     assert f"## {TITLE}" in proc.stdout
     # The added code is the plugin's, line for line (here: the MoE block's forward).
@@ -80,6 +77,7 @@ print(json.dumps({{
 """
 
 
+@pytest.mark.subprocess
 def test_patched_tl_loads_qwen3_moe_without_plugins(patched_tl, moe_checkpoint):
     out = run_python(COMPARE.format(root=patched_tl, name=MOE),
                      env={"PYTHONPATH": patched_tl, "QWEN_INTERP_PLUGINS": ""})
@@ -91,6 +89,7 @@ def test_patched_tl_loads_qwen3_moe_without_plugins(patched_tl, moe_checkpoint):
         assert d[key] <= TOL, (key, d)
 
 
+@pytest.mark.subprocess
 def test_unpatched_release_without_plugin_cannot_load_qwen3_moe(moe_checkpoint):
     bare = run_python(f"""
 from transformer_lens import HookedTransformer
@@ -99,19 +98,24 @@ HookedTransformer.from_pretrained({MOE!r}, device="cpu")
     assert bare.returncode != 0 and MOE in bare.stderr, bare.stderr[-2000:]
 
 
+@pytest.mark.subprocess
 def test_moe_plugin_stands_down_on_patched_tl(patched_tl, moe_checkpoint):
     out = run_python(f"""
-import json, qwen_interp, torch
+import dataclasses, json, qwen_interp, torch
 from transformer_lens import HookedTransformer
 import transformer_lens.components.transformer_block as tb
-status = qwen_interp.registry().adapters["transformerlens"].status()
+status = {{s.part: dataclasses.asdict(s)
+          for s in qwen_interp.registry().adapters["transformerlens"].status()}}
 tl = HookedTransformer.from_pretrained_no_processing({MOE!r}, device="cpu")
 print(json.dumps([status, tb.MLPFactory.__module__, type(tl.blocks[0].mlp).__module__]))
 """, env={"PYTHONPATH": patched_tl})
     status, factory, block = json.loads(out.stdout.strip().splitlines()[-1])
-    assert "Qwen3MoeForCausalLM: upstream HookedTransformer supports it (stood down)" in status
-    assert not any("MoE block" in line for line in status), status
-    assert any(line.startswith("already upstream") and MOE in line for line in status), status
+    # Stood down, so no MoE block of the plugin's.
+    assert status["moe"]["state"] == "upstream", status
+    assert status["moe"]["detail"] == "Qwen3MoeForCausalLM: upstream HookedTransformer supports it"
+    names = dict(section.split(": ", 1)
+                 for section in status["model-names"]["detail"].split("; "))
+    assert MOE in names["already upstream"].split(", "), status
     # Upstream's factory and block, not the plugin's.
     assert (factory, block) == ("transformer_lens.factories.mlp_factory",
                                 "transformer_lens.components.mlps.moe")

@@ -8,7 +8,7 @@ import json
 import subprocess
 import pytest
 
-from conftest import run_python
+from helpers import run_python
 from qwen_interp.apps import upstream
 
 DENSE = ["Qwen/Qwen3-0.6B-Base", "Qwen/Qwen3-1.7B-Base", "Qwen/Qwen3-4B-Base",
@@ -29,6 +29,7 @@ def test_render_lists_every_patch_with_a_diff():
     assert "+++ b/transformer_lens/loading_from_pretrained.py" in text
 
 
+@pytest.mark.subprocess
 def test_patched_transformer_lens_loads_qwen3_base_without_plugins(
         patched_transformer_lens, qwen_offline_hub, qwen_registry):
     for repo in DENSE:
@@ -53,49 +54,40 @@ print(json.dumps(diffs))
     assert max(diffs.values()) <= 1e-4, diffs
 
 
+@pytest.mark.subprocess
 def test_plugin_stands_down_on_patched_upstream(patched_transformer_lens):
     out = run_python("""
-import json, qwen_interp, transformer_lens
-print(json.dumps(qwen_interp.registry().adapters["transformerlens"].status()))
+import dataclasses, json, qwen_interp, transformer_lens
+print(json.dumps({s.part: dataclasses.asdict(s)
+                  for s in qwen_interp.registry().adapters["transformerlens"].status()}))
 """, env={"PYTHONPATH": str(patched_transformer_lens)})
     status = json.loads(out.stdout.strip().splitlines()[-1])
-    assert not any(line.startswith("added model names") and "-Base" in line
-                   and any(repo in line for repo in DENSE) for line in status), status
-    assert any(line.startswith("already upstream") and all(r in line for r in DENSE)
-               for line in status), status
-    assert "local checkpoint directories: upstream already accepts them" in status
+    names = dict(section.split(": ", 1)
+                 for section in status["model-names"]["detail"].split("; "))
+    assert not set(DENSE) & set(names.get("added", "").split(", ")), status
+    assert set(DENSE) <= set(names["already upstream"].split(", ")), status
+    assert status["local-dirs"]["state"] == "upstream", status  # upstream accepts them
 
 
 def test_every_project_renders_a_change_for_its_pinned_release():
-    from qwen_interp_patches import projects
-    for name, proj in projects().items():
+    for name in upstream.projects():
         text = upstream.render(name)
         assert "(already upstream" not in text, name  # the pinned releases all need the change
         assert text.count("+++ b/") >= 1, name
 
 
-def _cli(*args, cwd):
-    """``qwen-interp ARGS`` as a user types it (the console script), from ``cwd``."""
-    import shutil
-    import sys
-    from pathlib import Path
-    exe = shutil.which("qwen-interp") or str(Path(sys.executable).parent / "qwen-interp")
-    return subprocess.run([exe, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
-
-
-def test_cli_patches_list(tmp_path):
-    from qwen_interp_patches import projects
-    proc = _cli("patches", "list", cwd=tmp_path)
+def test_cli_patches_list(tmp_path, cli):
+    proc = cli("patches", "list", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    for name, proj in projects().items():
+    for name, proj in upstream.projects().items():
         for patch in proj.patches:
             assert any(line.startswith(f"{name} {proj.pinned}") and patch.name in line
                        for line in lines), (name, patch.name)
 
 
-def test_cli_renders_patches(tmp_path):
-    proc = _cli("patches", "render", "transformer-lens", cwd=tmp_path)
+def test_cli_renders_patches(tmp_path, cli):
+    proc = cli("patches", "render", "transformer-lens", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("## Add the Qwen3 Base checkpoints")
     assert "#1075" in proc.stdout  # the PR text names the upstream PR it follows
@@ -108,7 +100,7 @@ def _git(*args, cwd):
 
 
 @pytest.mark.parametrize("distribution", ["transformer-lens", "circuit-tracer", "sae-lens"])
-def test_render_against_a_checkout_applies_there(distribution, tmp_path):
+def test_render_against_a_checkout_applies_there(distribution, tmp_path, cli):
     """`--against` a git checkout (here one made from the installed pinned release's files, as
     CI has no network): the rendered diff passes `git apply --check` in it, `patches check`
     agrees, and the checkout is left unchanged."""
@@ -119,7 +111,7 @@ def test_render_against_a_checkout_applies_there(distribution, tmp_path):
     _git("commit", "-qm", "release", cwd=checkout)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    proc = _cli("patches", "render", distribution, "--against", str(checkout), cwd=cwd)
+    proc = cli("patches", "render", distribution, "--against", str(checkout), cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == upstream.render(distribution) + "\n"  # same files, same diffs
     assert _git("status", "--porcelain", cwd=checkout).stdout == ""
@@ -128,7 +120,7 @@ def test_render_against_a_checkout_applies_there(distribution, tmp_path):
     check = subprocess.run(["git", "apply", "--check", str(diff)], cwd=checkout,
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
-    proc = _cli("patches", "check", distribution, "--against", str(checkout), cwd=cwd)
+    proc = cli("patches", "check", distribution, "--against", str(checkout), cwd=cwd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     patches = upstream.project(distribution).patches
     assert [line.split()[0] for line in proc.stdout.splitlines()[1:]] == [p.name for p in patches]
@@ -140,6 +132,7 @@ def test_render_against_a_checkout_applies_there(distribution, tmp_path):
     assert all(r.note.startswith("already upstream") for r in again), [r.note for r in again]
 
 
+@pytest.mark.subprocess
 def test_patched_transformer_lens_names_are_in_upstreams_test_order(patched_transformer_lens):
     """TransformerLens's tests/unit/test_supported_models.py checks both lists are sorted with
     ``key=str.casefold``; the patch inserts every name where that order puts it."""
@@ -156,8 +149,8 @@ print(json.dumps([names == sorted(names, key=str.casefold), keys == sorted(keys,
 
 
 def test_insert_sorted_places_each_name_among_multi_line_entries():
-    from qwen_interp_patches import insert_sorted
-    from qwen_interp_patches.transformer_lens import ALIASES_OPENER, _entry_key
+    from qwen_interp.upstream_patches import insert_sorted
+    from qwen_interp_transformerlens.upstream_patches import ALIASES_OPENER, _entry_key
     text = (ALIASES_OPENER + '    "a/B": ["b"],\n    "a/d": [\n        "d",\n    ],\n'
             '    "a/F": ["f"],\n}\nAFTER = 1\n')
     out = insert_sorted(text, ALIASES_OPENER, {"a/e": '    "a/e": ["e"],\n',
@@ -168,8 +161,8 @@ def test_insert_sorted_places_each_name_among_multi_line_entries():
     assert '        "d",\n    ],\n    "a/e"' in out and out.endswith('"a/z": ["z"],\n}\nAFTER = 1\n')
 
 
-def test_render_against_a_folder_that_is_no_checkout_is_one_clear_error(tmp_path):
-    proc = _cli("patches", "render", "transformer-lens", "--against", str(tmp_path), cwd=tmp_path)
+def test_render_against_a_folder_that_is_no_checkout_is_one_clear_error(tmp_path, cli):
+    proc = cli("patches", "render", "transformer-lens", "--against", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         f"qwen-interp patches: error: --against {tmp_path}: not a checkout of "
@@ -205,6 +198,7 @@ print(json.dumps(acts.tolist()))
 """
 
 
+@pytest.mark.subprocess
 def test_patched_circuit_tracer_nnsight_resid_mid_without_plugins(patched_release, qwen_offline_hub,
                                                                    qwen_registry):
     import site
@@ -248,6 +242,7 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.subprocess
 def test_patched_sae_lens_refuses_malicious_qwen_scope_pickle_without_plugins(tmp_path,
                                                                              patched_release):
     import site
@@ -272,29 +267,36 @@ def test_patched_sae_lens_refuses_malicious_qwen_scope_pickle_without_plugins(tm
     assert "payload ran: True" in bare.stdout
 
 
+@pytest.mark.subprocess
 def test_circuit_tracer_plugin_stands_down_on_patched_upstream(patched_release):
     root = str(patched_release("circuit-tracer"))
     out = run_python("""
-import json, qwen_interp
+import dataclasses, json, qwen_interp
 import circuit_tracer.utils.tl_nnsight_mapping as m
 before = dict(m._REGISTRY["Qwen3ForCausalLM"].feature_hook_mapping)
-status = qwen_interp.registry().adapters["circuit_tracer"].status()
+status = {s.part: dataclasses.asdict(s) for s in
+          qwen_interp.registry().adapters["circuit_tracer"].status()}
 qwen_interp.deactivate()
 print(json.dumps([status, before == dict(m._REGISTRY["Qwen3ForCausalLM"].feature_hook_mapping)]))
 """, env={"PYTHONPATH": root})
     status, unchanged = json.loads(out.stdout.strip().splitlines()[-1])
-    assert "nnsight Qwen3ForCausalLM: added nothing; upstream already maps ['hook_mlp_out', " \
-           "'hook_resid_mid', 'mlp.hook_in', 'mlp.hook_out'] (stood down)" in status
+    mapping = status["nnsight-mapping:Qwen3ForCausalLM"]
+    assert mapping["state"] == "upstream", status  # added nothing: stood down
+    assert mapping["detail"] == ("upstream already maps ['hook_mlp_out', 'hook_resid_mid', "
+                                 "'mlp.hook_in', 'mlp.hook_out']")
     assert unchanged
 
 
+@pytest.mark.subprocess
 def test_saelens_plugin_says_when_upstream_reads_weights_only(patched_release):
     root = str(patched_release("sae-lens"))
     probe = """
-import json, qwen_interp, sae_lens
-print(json.dumps(qwen_interp.registry().adapters["saelens"].status()))
+import dataclasses, json, qwen_interp, sae_lens
+print(json.dumps({s.part: dataclasses.asdict(s)
+                  for s in qwen_interp.registry().adapters["saelens"].status()}))
 """
     patched = json.loads(run_python(probe, env={"PYTHONPATH": root}).stdout.strip().splitlines()[-1])
     bare = json.loads(run_python(probe).stdout.strip().splitlines()[-1])
-    assert any("already weights_only (upstream fix)" in line for line in patched), patched
-    assert any("replaces SAELens's torch.load reader" in line for line in bare), bare
+    assert patched["weights"]["state"] == bare["weights"]["state"] == "bridged"
+    assert "already weights_only (upstream fix)" in patched["weights"]["detail"], patched
+    assert "replaces SAELens's torch.load reader" in bare["weights"]["detail"], bare

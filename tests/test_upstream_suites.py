@@ -11,13 +11,14 @@ import json
 
 import pytest
 import torch
-from conftest import run_python
+from helpers import run_python
 
 import qwen_interp
 
 MODEL = "Qwen/Qwen3-1.7B-Base"
 
 
+@pytest.mark.subprocess
 def test_transformerlens_names_inserted_in_upstreams_order_and_restored():
     out = run_python("""
 import json

@@ -16,16 +16,18 @@
 from __future__ import annotations
 
 from qwen_interp import hookimpl
+from qwen_interp.compat import KnownBad, known_bad_check
 from qwen_interp.specs import TranscoderRelease
 
-from .adapter import CircuitTracerAdapter
+from .adapter import CircuitTracerAdapter, preflight
 from .attribution import BoundedAttributionAdapter
 from .errors import TranscoderValidationError
 
-__all__ = ["BLUELIGHT_RELEASES", "CircuitTracerAdapter", "TranscoderValidationError"]
+__all__ = ["BLUELIGHT_RELEASES", "BoundedAttributionAdapter", "CircuitTracerAdapter",
+           "TranscoderValidationError", "preflight"]
 
 # Hook points: the encoder reads the MLP input after the pre-MLP RMSNorm *with* its gain, the
-# decoder writes the MLP output (FACTS.md §3).
+# decoder writes the MLP output (BluelightAI's config.yaml; see docs/formats.md).
 BLUELIGHT_RELEASES = (
     TranscoderRelease("bluelightai/clt-qwen3-0.6b-base-20k", "Qwen/Qwen3-0.6B-Base", n_layers=28,
                       d_latent=20480, feature_input_hook="mlp.hook_in",
@@ -57,3 +59,24 @@ def register_transcoder_formats(register):
 def register_adapters(register):
     register(_ADAPTER)
     register(_ATTRIBUTION)
+
+
+@hookimpl
+def register_upstream_patches(register):
+    # The same changes as upstream-ready source patches (`qwen-interp patches`).
+    from .upstream_patches import PROJECT
+    register(PROJECT)
+
+
+# Known-bad releases of what circuit-tracer 0.5 runs on, reported by `qwen-interp doctor`.
+KNOWN_BAD = (
+    KnownBad("nnsight", ">=0.7", "removed nnsight.intervention.tracing: circuit-tracer's nnsight "
+             "backend does not import; use 0.6.1"),
+    KnownBad("huggingface-hub", ">=1.0", "circuit-tracer 0.5 and transformers 4.57 need < 1.0",
+             only_with="circuit-tracer"),
+)
+
+
+@hookimpl
+def register_doctor_checks(register):
+    register(known_bad_check("circuit_tracer-versions", KNOWN_BAD))

@@ -10,9 +10,11 @@ What it changes (all through a PatchSet; ``deactivate()`` restores upstream exac
    own cache (``save_transcoders_to_cache``), goes to upstream unchanged.
    ``ReplacementModel.from_pretrained`` refuses a registered CLT paired with another registered
    model, and an unknown model name or dtype, before loading anything (string dtypes such as
-   "bfloat16" are converted); while it loads the CLT, the CLT's width and ``config.yaml`` hook
-   names are checked against that model before any weight is read. ``TransformerLensReplacementModel.__del__`` no longer prints an
-   ignored TypeError at interpreter exit.
+   "bfloat16" are converted); while it loads the CLT (``qwen_interp.fit.paired_with``), the
+   CLT's width and ``config.yaml`` hook names are checked against that model before any weight
+   is read.
+   ``TransformerLensReplacementModel.__del__`` no longer prints an ignored TypeError at
+   interpreter exit.
 2. nnsight hook points for Qwen3: circuit-tracer maps only ``mlp.hook_in``/``mlp.hook_out``; the
    adapter adds the missing ``hook_resid_mid`` and ``hook_mlp_out`` (never overriding an
    upstream entry).
@@ -31,24 +33,26 @@ What it changes (all through a PatchSet; ``deactivate()`` restores upstream exac
    empty prompts and (TransformerLens backend) more tokens than n_ctx with one InputError
    before the model runs.
 
-Parts circuit-tracer already has (qwen-interp's upstream patches, detected by ``upstream_parts``)
-are not applied again, and ``status()`` says "already upstream": native formats and top-k CLTs
-are then converted and loaded by circuit-tracer's own modules (the registry, aliases and local
-folders stay here), and a method that already tokenizes strings is left unwrapped.
+Each change is one :class:`~qwen_interp.adapters.Part` (:meth:`CircuitTracerAdapter.parts`);
+``status()`` is one :class:`~qwen_interp.adapters.PartStatus` per part. Parts circuit-tracer
+already has (qwen-interp's upstream patches, detected by ``upstream_parts``) are not applied
+again and stand down with state ``upstream``: native formats and top-k CLTs are then converted
+and loaded by circuit-tracer's own modules (the registry, aliases and local folders stay here),
+and a method that already tokenizes strings is left unwrapped. A part with nothing to change
+(no nnsight mapping for an architecture, no ``__del__`` of its own) is ``inactive``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import difflib
 import functools
+import importlib
 import inspect
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from qwen_interp import import_watch
+from qwen_interp.adapters import AdapterBase, AlreadyUpstream, NothingToChange, Part
+from qwen_interp.fit import Pairing, current_pairing, paired_with, pairing_mismatch
 from qwen_interp.patching import PatchSet
 
 from . import upstream_parts
@@ -91,29 +95,6 @@ def release_for_folder(folder: Path, registry):
     return None
 
 
-@dataclass(frozen=True)
-class Pairing:
-    """The model a CLT is being loaded for (``backend`` None: not known)."""
-
-    model_name: str
-    backend: str | None = "transformerlens"
-
-
-# Set by ReplacementModel.from_pretrained and Session.from_pretrained while they load the CLT,
-# so the loader checks its width and hook names against that model before reading weights.
-_PAIRING: contextvars.ContextVar[Pairing | None] = contextvars.ContextVar(
-    "qwen_interp_clt_pairing", default=None)
-
-
-@contextlib.contextmanager
-def paired_with(model_name, backend: str | None = "transformerlens"):
-    token = _PAIRING.set(Pairing(str(model_name), backend))
-    try:
-        yield
-    finally:
-        _PAIRING.reset(token)
-
-
 def make_loader(original):
     """The wrapper around upstream ``load_transcoder_from_hub``. It reads the registry at call
     time, so a reference imported before a plugin was registered still sees the plugin."""
@@ -132,7 +113,7 @@ def make_loader(original):
                                      cache_dir=cache_dir, use_cache=use_cache)
         kwargs = dict(device=device, dtype=dtype, lazy_encoder=lazy_encoder,
                       lazy_decoder=lazy_decoder)
-        pairing = _PAIRING.get()
+        pairing = current_pairing()
         if pairing is not None:  # validate against the model it is loaded for
             kwargs["model_name"] = pairing.model_name
         ref = str(hf_ref)
@@ -293,7 +274,8 @@ def preflight(model_name, transcoder_set, backend: str = "transformerlens") -> N
     except InputError as exc:
         import qwen_interp
         try:
-            release = qwen_interp.registry().transcoder_release(str(transcoder_set).partition("@")[0])
+            release = qwen_interp.registry().transcoder_release(
+                str(transcoder_set).partition("@")[0])
         except KeyError:
             raise exc from None
         raise InputError(f"{exc} (the CLT {release.repo_id} was trained on "
@@ -304,16 +286,9 @@ def check_pairing(model_name, transcoder_set) -> None:
     """Refuse a registered CLT paired with another registered model (before loading either)."""
     import qwen_interp
     from .errors import TranscoderValidationError
-    registry = qwen_interp.registry()
-    try:
-        release = registry.transcoder_release(str(transcoder_set).partition("@")[0])
-        model = registry.model(str(model_name))
-    except KeyError:
-        return  # not both registered: nothing to compare
-    if model.repo_id != release.model_repo_id:
-        raise TranscoderValidationError(
-            release.repo_id, None, f"this CLT was trained on {release.model_repo_id}, "
-            f"not on {model.repo_id}; nothing was loaded")
+    mismatch = pairing_mismatch(qwen_interp.registry(), model_name, transcoder_set)
+    if mismatch is not None:
+        raise TranscoderValidationError(mismatch.transcoder, None, mismatch.problem)
 
 
 def with_model_check(from_pretrained):
@@ -368,7 +343,8 @@ def with_first_position(method, architectures):
 
     @functools.wraps(method)
     def first_position_wrapper(self, inputs, *args, **kwargs):
-        if isinstance(inputs, str) and getattr(self.cfg, "original_architecture", None) in architectures:
+        arch = getattr(self.cfg, "original_architecture", None)
+        if isinstance(inputs, str) and arch in architectures:
             inputs = first_position_prefix(self.tokenizer, inputs)
         return method(self, inputs, *args, **kwargs)
 
@@ -414,115 +390,149 @@ def first_position_prefix(tokenizer, text: str) -> str:
     return tokenizer.convert_ids_to_tokens(token_id) + text
 
 
-class CircuitTracerAdapter:
+def _short(modname: str) -> str:
+    return modname.rpartition(".")[2]
+
+
+def qwen_architectures(registry) -> set[str]:
+    """The architectures of the registered models: the ones the wrappers act on."""
+    return {spec.architecture for spec in registry.models.values()}
+
+
+class CircuitTracerAdapter(AdapterBase):
     name = "circuit_tracer"
     module = "circuit_tracer"
 
     def __init__(self) -> None:
-        self._patches = PatchSet()
-        self.active = False
-        self.report: list[str] = []
-        self._registry = None
-        self._wrapper = None
-        self._original = None
+        super().__init__()
+        # (upstream's load_transcoder_from_hub, our wrapper) once hf_utils is patched: every
+        # module that imported the loader by name gets the same wrapper.
+        self._loader: tuple[object, object] | None = None
 
-    def activate(self, registry) -> None:
-        if self.active:
-            return
-        self.active = True
-        self._registry = registry
-        self.report = []
-        # Each part patches its module when that module is imported (now, if it already is).
-        import_watch.when_imported(HF_UTILS, self._guard(self._patch_hf_utils))
-        for mod in IMPORTERS:
-            import_watch.when_imported(mod, self._guard(functools.partial(self._patch_importer, mod)))
-        import_watch.when_imported(MAPPING, self._guard(self._patch_nnsight_mapping))
+    def parts(self) -> list[Part]:
+        parts = [
+            Part("transcoder-loader", HF_UTILS,
+                 "load_transcoder_from_hub: registered CLT releases, aliases, local folders, "
+                 "registered formats, validation before loading", self._patch_loader),
+            Part("native-formats", HF_UTILS,
+                 "BluelightAI native formats converted by the plugin",
+                 functools.partial(self._format_part, upstream_parts.NATIVE_MODULE)),
+            Part("topk-clts", HF_UTILS, "top-k CLTs provided by the plugin",
+                 functools.partial(self._format_part, upstream_parts.TOPK_MODULE)),
+        ]
+        for modname in IMPORTERS:
+            parts.append(Part(f"transcoder-loader:{_short(modname)}", modname,
+                              "its load_transcoder_from_hub (imported by name): the wrapper",
+                              functools.partial(self._patch_importer, modname)))
+            if modname == FACTORY:
+                parts.append(Part("model-check", FACTORY,
+                                  "ReplacementModel.from_pretrained: model name, dtype and a "
+                                  "registered CLT's pairing checked before loading; the CLT is "
+                                  "loaded paired with the model", self._patch_model_check))
+            cls_name = BACKENDS.get(modname)
+            if cls_name:  # prompt checks wrap the first-position wrapper: applied after it
+                parts += [
+                    Part(f"first-position:{cls_name}", modname,
+                         f"{cls_name}.{{{','.join(STRING_INPUT_METHODS)}}}: <|endoftext|> first "
+                         "for Qwen string inputs",
+                         functools.partial(self._patch_first_position, modname)),
+                    Part(f"prompt-checks:{cls_name}", modname,
+                         f"{cls_name}: Qwen prompts checked (bytes, surrogates, empty, n_ctx)",
+                         functools.partial(self._patch_prompt_checks, modname)),
+                    Part(f"quiet-del:{cls_name}", modname,
+                         f"{cls_name}.__del__: silent at interpreter exit",
+                         functools.partial(self._patch_quiet_del, modname))]
+        for arch, hook_map in self.registry.hook_name_maps.items():
+            if nnsight_feature_hooks(hook_map):
+                parts.append(Part(f"nnsight-mapping:{arch}", MAPPING,
+                                  f"circuit-tracer's {arch} nnsight mapping: the feature hooks "
+                                  "it lacks", functools.partial(self._patch_nnsight_mapping, arch)))
+        return parts
 
-    def _guard(self, fn):
-        def run():
-            if self.active:  # a late import after deactivate() must not patch
-                fn()
-        return run
-
-    def _patch_hf_utils(self) -> None:
-        import importlib
+    # --- the parts -----------------------------------------------------------------------------
+    def _patch_loader(self, patches: PatchSet, registry) -> str:
         hf_utils = importlib.import_module(HF_UTILS)
-        current = hf_utils.load_transcoder_from_hub
-        self._original = getattr(current, "__qwen_interp_original__", current)
-        self._wrapper = make_loader(self._original)
-        self._patches.setattr(hf_utils, "load_transcoder_from_hub", self._wrapper)
-        self.report.append("load_transcoder_from_hub: registered CLT releases, aliases, local "
-                           "folders, BluelightAI native formats, validation")
-        self.report.extend(upstream_parts.status_lines())
 
-    def _patch_importer(self, modname: str) -> None:
-        import importlib
-        mod = importlib.import_module(modname)  # imports hf_utils first, so _wrapper is set
-        if self._wrapper is None:
-            self._patch_hf_utils()
-        if mod.load_transcoder_from_hub is self._wrapper:
+        def make(current):
+            original = getattr(current, "__qwen_interp_original__", current)
+            self._loader = (original, make_loader(original))
+            return self._loader[1]
+
+        patches.wrap(hf_utils, "load_transcoder_from_hub", make)
+        return ""
+
+    @staticmethod
+    def _format_part(upstream_name: str, patches: PatchSet, registry) -> str:
+        if upstream_parts.upstream_module(upstream_name) is not None:
+            raise AlreadyUpstream(f"{upstream_name}; the plugin delegates to it")
+        return "provided by the plugin"
+
+    def _patch_importer(self, modname: str, patches: PatchSet, registry) -> str:
+        mod = importlib.import_module(modname)  # imports hf_utils first: the loader is patched
+        if self._loader is None:
+            raise RuntimeError("the transcoder-loader part is not applied")
+        original, wrapper = self._loader
+        if mod.load_transcoder_from_hub is wrapper:
             # Imported while hf_utils was patched: undo must leave upstream's original here.
-            self._patches.setattr(mod, "load_transcoder_from_hub", self._wrapper,
-                                  restore=self._original)
+            patches.setattr(mod, "load_transcoder_from_hub", wrapper, restore=original)
         else:
-            self._patches.setattr(mod, "load_transcoder_from_hub", self._wrapper)
-        if modname == FACTORY:
-            factory = mod.ReplacementModel
-            self._patches.setattr(factory, "from_pretrained", with_model_check(
-                factory.__dict__["from_pretrained"].__func__))
-            self.report.append("ReplacementModel.from_pretrained: a registered CLT must match "
-                               "its model")
-        cls_name = BACKENDS.get(modname)
-        if cls_name:
-            cls = getattr(mod, cls_name)
-            self._patch_first_position(cls, cls_name)
-            self._patch_prompt_checks(cls)
-            if "__del__" in cls.__dict__:
-                self._patches.setattr(cls, "__del__", quiet_at_exit(cls.__dict__["__del__"]))
+            patches.setattr(mod, "load_transcoder_from_hub", wrapper)
+        return ""
 
-    def _patch_first_position(self, cls, cls_name: str) -> None:
-        archs = {spec.architecture for spec in self._registry.models.values()}
+    @staticmethod
+    def _patch_model_check(patches: PatchSet, registry) -> str:
+        factory = importlib.import_module(FACTORY).ReplacementModel
+        # A classmethod: wrap its function and install a classmethod (getattr would bind it).
+        patches.setattr(factory, "from_pretrained", with_model_check(
+            factory.__dict__["from_pretrained"].__func__))
+        return ""
+
+    def _patch_first_position(self, modname: str, patches: PatchSet, registry) -> str:
+        cls = getattr(importlib.import_module(modname), BACKENDS[modname])
+        archs = qwen_architectures(registry)
         methods = [m for m in STRING_INPUT_METHODS if m in cls.__dict__]
         done = [m for m in methods if upstream_parts.tokenizes_strings(cls.__dict__[m])]
-        for meth in methods:
-            if meth not in done:  # upstream already tokenizes strings here: leave it
-                self._patches.setattr(cls, meth, with_first_position(cls.__dict__[meth], archs))
-        if done:
-            self.report.append(f"{cls_name}: first position for string inputs already upstream "
-                               f"in {done} (stood down)")
-        if len(done) < len(methods):
-            self.report.append(f"{cls_name}: <|endoftext|> first position for Qwen string inputs")
+        todo = [m for m in methods if m not in done]
+        if not methods:
+            raise NothingToChange("no string-input methods")
+        if not todo:  # upstream already tokenizes strings in every one: leave them
+            raise AlreadyUpstream(f"string inputs already tokenized in {done}")
+        for meth in todo:
+            patches.wrap(cls, meth, lambda method: with_first_position(method, archs))
+        return f"wrapped {todo}" + (f"; already upstream in {done}" if done else "")
 
-    def _patch_prompt_checks(self, cls) -> None:
-        archs = {spec.architecture for spec in self._registry.models.values()}
-        for meth in ("ensure_tokenized", *STRING_INPUT_METHODS):
-            if meth in cls.__dict__:  # wraps the first-position wrapper: checked before it
-                self._patches.setattr(cls, meth, with_prompt_check(cls.__dict__[meth], archs))
+    @staticmethod
+    def _patch_prompt_checks(modname: str, patches: PatchSet, registry) -> str:
+        cls = getattr(importlib.import_module(modname), BACKENDS[modname])
+        archs = qwen_architectures(registry)
+        wrapped = [m for m in ("ensure_tokenized", *STRING_INPUT_METHODS) if m in cls.__dict__]
+        for meth in wrapped:  # wraps the first-position wrapper: checked before it
+            patches.wrap(cls, meth, lambda method: with_prompt_check(method, archs))
+        return f"wrapped {wrapped}"
 
-    def _patch_nnsight_mapping(self) -> None:
-        import importlib
-        mapping = importlib.import_module(MAPPING)
-        entries = nnsight_mappings(mapping)
-        for arch, hook_map in self._registry.hook_name_maps.items():
-            hooks = nnsight_feature_hooks(hook_map)
-            entry = entries.get(arch)
-            if not hooks:
-                continue
-            if entry is None:
-                self.report.append(f"nnsight: circuit-tracer has no {arch} mapping; not added")
-                continue
-            added = [k for k in hooks if k not in entry.feature_hook_mapping]
-            for key in added:
-                self._patches.setitem(entry.feature_hook_mapping, key, hooks[key])
-            kept = sorted(set(hooks) - set(added))
-            self.report.append(f"nnsight {arch}: added {added or 'nothing'}; upstream already "
-                               f"maps {kept} (stood down)")
+    def _patch_quiet_del(self, modname: str, patches: PatchSet, registry) -> str:
+        cls = getattr(importlib.import_module(modname), BACKENDS[modname])
+        if "__del__" not in cls.__dict__:
+            raise NothingToChange("no __del__ of its own")
+        patches.wrap(cls, "__del__", quiet_at_exit)
+        return ""
 
+    def _patch_nnsight_mapping(self, arch: str, patches: PatchSet, registry) -> str:
+        hooks = nnsight_feature_hooks(registry.hook_name_maps[arch])
+        entry = nnsight_mappings(importlib.import_module(MAPPING)).get(arch)
+        if entry is None:
+            raise NothingToChange(f"circuit-tracer has no {arch} mapping; not added")
+        added = [k for k in hooks if k not in entry.feature_hook_mapping]
+        kept = sorted(set(hooks) - set(added))
+        if not added:
+            raise AlreadyUpstream(f"upstream already maps {kept}")
+        for key in added:
+            patches.setitem(entry.feature_hook_mapping, key, hooks[key])
+        return f"added {added}; upstream already maps {kept}"
+
+    # --- lifecycle -----------------------------------------------------------------------------
     def deactivate(self) -> None:
-        self._patches.undo()
-        self.active = False
-        self.report = []
-        self._wrapper = self._original = None
-
-    def status(self) -> list[str]:
-        return list(self.report) if self.active else ["not active (circuit_tracer not imported)"]
+        try:
+            super().deactivate()
+        finally:
+            self._loader = None

@@ -6,8 +6,8 @@ circuit-tracer's per-occurrence ``decoder_vecs`` and its (batch, occurrences, d_
 and ranks features without copying the whole edge matrix to the device
 (``bounded_influences.py``), and keeps one attention pattern per layer in the forward pass
 (``shared_patterns.py``). Those three modules are torch-only and are shipped unchanged by the
-circuit-tracer patch ``bounded-attribution-memory``. The graph is the same (tests/test_attribution_memory.py);
-per-layer transcoders keep upstream's scoring.
+circuit-tracer patch ``bounded-attribution-memory``. The graph is the same
+(tests/test_attribution_memory.py); per-layer transcoders keep upstream's scoring.
 
 Only attribute()'s own calls take these paths: ``compute_attribution_components`` and
 ``run_forward_pass`` called directly return and do exactly what upstream's do. Nothing here is
@@ -18,7 +18,8 @@ pattern is detached in every attribution forward pass), so it applies to every m
 
 Settings: ``QWEN_INTERP_ATTRIBUTION_WORKSPACE_MB`` (default 256) bounds the scratch block of each
 scoring and reconstruction step; ``QWEN_INTERP_BOUNDED_ATTRIBUTION=0`` selects upstream's path.
-Stands down when circuit-tracer ships ``circuit_tracer.attribution.active_decoders`` (the patch).
+Every part stands down (state ``upstream``) when circuit-tracer ships
+``circuit_tracer.attribution.active_decoders`` (the patch).
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import importlib
 import importlib.util
-import os
 
-from qwen_interp import import_watch
+from qwen_interp import settings
+from qwen_interp.adapters import AdapterBase, AlreadyUpstream, Part
 from qwen_interp.patching import PatchSet
 
 from . import bounded_influences
@@ -37,8 +39,8 @@ from .active_decoders import (DEFAULT_WORKSPACE_BYTES, ActiveDecoders, attributi
                               scoring_hooks)
 from .shared_patterns import shared_attention_patterns
 
-ENV = "QWEN_INTERP_BOUNDED_ATTRIBUTION"
-ENV_WORKSPACE_MB = "QWEN_INTERP_ATTRIBUTION_WORKSPACE_MB"
+ENV = settings.BOUNDED_ATTRIBUTION.name
+ENV_WORKSPACE_MB = settings.ATTRIBUTION_WORKSPACE_MB.name
 CLT_MODULE = "circuit_tracer.transcoder.cross_layer_transcoder"
 TL_CONTEXT = "circuit_tracer.attribution.context_transformerlens"
 NNSIGHT_CONTEXT = "circuit_tracer.attribution.context_nnsight"
@@ -48,20 +50,13 @@ UPSTREAM_MODULE = "circuit_tracer.attribution.active_decoders"
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV, "1") != "0"
+    return settings.BOUNDED_ATTRIBUTION.get()
 
 
 def workspace_bytes() -> int:
-    raw = os.environ.get(ENV_WORKSPACE_MB)
-    if raw is None:
+    if not settings.ATTRIBUTION_WORKSPACE_MB.is_set():
         return DEFAULT_WORKSPACE_BYTES
-    try:
-        mb = float(raw)
-    except ValueError:
-        raise ValueError(f"{ENV_WORKSPACE_MB}={raw!r}: expected a number of MB") from None
-    if mb <= 0:
-        raise ValueError(f"{ENV_WORKSPACE_MB}={raw!r}: must be > 0")
-    return int(mb * 2**20)
+    return max(1, int(settings.ATTRIBUTION_WORKSPACE_MB.get() * 2**20))
 
 
 def bounded_components(original):
@@ -157,90 +152,82 @@ def per_call_state(original):
     return _run_attribution
 
 
-class BoundedAttributionAdapter:
+def upstream_has_it() -> bool:
+    return importlib.util.find_spec(UPSTREAM_MODULE) is not None
+
+
+def _unless_upstream(apply):
+    """A part's apply that stands down when circuit-tracer ships the bounded path itself."""
+    @functools.wraps(apply)
+    def run(patches: PatchSet, registry) -> str:
+        if upstream_has_it():
+            raise AlreadyUpstream(f"{UPSTREAM_MODULE}; stood down")
+        return apply(patches)
+    return run
+
+
+def _patch_clt(patches: PatchSet) -> str:
+    cls = importlib.import_module(CLT_MODULE).CrossLayerTranscoder
+    patches.wrap(cls, "compute_attribution_components", bounded_components)
+    return f"{ENV_WORKSPACE_MB} bounds each block; {ENV}=0 for upstream's path"
+
+
+def _patch_tl_context(patches: PatchSet) -> str:
+    cls = importlib.import_module(TL_CONTEXT).AttributionContext
+    patches.wrap(cls, "_make_attribution_hooks", tl_hooks)
+    return ""
+
+
+def _patch_nnsight_context(patches: PatchSet) -> str:
+    cls = importlib.import_module(NNSIGHT_CONTEXT).AttributionContext
+    patches.wrap(cls, "compute_feature_attributions", nnsight_feature_scores)
+    return ""
+
+
+def _patch_influences(patches: PatchSet) -> str:
+    patches.wrap(importlib.import_module(ATTRIBUTE), "compute_partial_influences",
+                 bounded_influences_fn)
+    return ""
+
+
+def _patch_call_state(patches: PatchSet) -> str:
+    patches.wrap(importlib.import_module(ATTRIBUTE), "_run_attribution", per_call_state)
+    return ""
+
+
+def _patch_tl_forward(patches: PatchSet) -> str:
+    cls = importlib.import_module(TL_MODEL).TransformerLensReplacementModel
+    patches.wrap(cls, "run_forward_pass", tl_forward_pass)
+    return ""
+
+
+# (part, upstream module, what it changes, apply)
+PARTS = (
+    ("bounded-components", CLT_MODULE,
+     ("CrossLayerTranscoder.compute_attribution_components, in attribute(): active decoder rows "
+      "read once, scored in bounded blocks"), _patch_clt),
+    ("scoring-hooks:transformerlens", TL_CONTEXT,
+     "AttributionContext._make_attribution_hooks: one scoring hook per output layer",
+     _patch_tl_context),
+    ("scoring:nnsight", NNSIGHT_CONTEXT,
+     "AttributionContext.compute_feature_attributions: scores from the active rows",
+     _patch_nnsight_context),
+    ("influence-ranking", ATTRIBUTE,
+     "compute_partial_influences, in attribute(): no device copy of the whole edge matrix",
+     _patch_influences),
+    ("attribute-call", ATTRIBUTE,
+     ("_run_attribution: its offload setting and a row-sum cache, visible to the steps above "
+      "(what selects them)"), _patch_call_state),
+    ("shared-attention-pattern", TL_MODEL,
+     ("TransformerLensReplacementModel.run_forward_pass, in attribute(): one attention pattern "
+      "per layer, not one per batch row"), _patch_tl_forward),
+)
+
+
+class BoundedAttributionAdapter(AdapterBase):
     name = "circuit_tracer_attribution"
     module = "circuit_tracer"
 
-    def __init__(self) -> None:
-        self._patches = PatchSet()
-        self.active = False
-        self.report: list[str] = []
-
-    def activate(self, registry) -> None:
-        if self.active:
-            return
-        self.active = True
-        self.report = []
-        for modname, patch in ((CLT_MODULE, self._patch_clt), (TL_CONTEXT, self._patch_tl),
-                               (NNSIGHT_CONTEXT, self._patch_nnsight),
-                               (ATTRIBUTE, self._patch_attribute),
-                               (TL_MODEL, self._patch_tl_model)):
-            import_watch.when_imported(modname, self._guard(functools.partial(patch, modname)))
-
-    def _guard(self, fn):
-        def run():
-            if self.active:
-                fn()
-        return run
-
-    @staticmethod
-    def _upstream_has_it() -> bool:
-        return importlib.util.find_spec(UPSTREAM_MODULE) is not None
-
-    def _patch_clt(self, modname: str) -> None:
-        if self._upstream_has_it():
-            self.report.append("bounded attribution memory: already upstream "
-                               f"({UPSTREAM_MODULE}); stood down")
-            return
-        import importlib
-        cls = importlib.import_module(modname).CrossLayerTranscoder
-        self._patches.setattr(cls, "compute_attribution_components", bounded_components(
-            cls.__dict__["compute_attribution_components"]))
-        self.report.append("CrossLayerTranscoder.compute_attribution_components: active decoder "
-                           "rows read once, scored in bounded blocks "
-                           f"({ENV_WORKSPACE_MB}, {ENV}=0 for upstream)")
-
-    def _patch_tl(self, modname: str) -> None:
-        if self._upstream_has_it():
-            return
-        import importlib
-        cls = importlib.import_module(modname).AttributionContext
-        self._patches.setattr(cls, "_make_attribution_hooks",
-                              tl_hooks(cls.__dict__["_make_attribution_hooks"]))
-
-    def _patch_nnsight(self, modname: str) -> None:
-        if self._upstream_has_it():
-            return
-        import importlib
-        cls = importlib.import_module(modname).AttributionContext
-        self._patches.setattr(cls, "compute_feature_attributions", nnsight_feature_scores(
-            cls.__dict__["compute_feature_attributions"]))
-
-    def _patch_attribute(self, modname: str) -> None:
-        if self._upstream_has_it():
-            return
-        import importlib
-        mod = importlib.import_module(modname)
-        self._patches.setattr(mod, "compute_partial_influences",
-                              bounded_influences_fn(mod.compute_partial_influences))
-        self._patches.setattr(mod, "_run_attribution", per_call_state(mod._run_attribution))
-        self.report.append("attribute(): influence ranking without a device copy of the whole "
-                           "edge matrix")
-
-    def _patch_tl_model(self, modname: str) -> None:
-        if self._upstream_has_it():
-            return
-        import importlib
-        cls = importlib.import_module(modname).TransformerLensReplacementModel
-        self._patches.setattr(cls, "run_forward_pass",
-                              tl_forward_pass(cls.__dict__["run_forward_pass"]))
-        self.report.append("TransformerLens backend: one attention pattern per layer in "
-                           "attribution's forward pass, not one per batch row")
-
-    def deactivate(self) -> None:
-        self._patches.undo()
-        self.active = False
-        self.report = []
-
-    def status(self) -> list[str]:
-        return list(self.report) if self.active else ["not active (circuit_tracer not imported)"]
+    def parts(self) -> list[Part]:
+        return [Part(name, module, changes, _unless_upstream(apply))
+                for name, module, changes, apply in PARTS]

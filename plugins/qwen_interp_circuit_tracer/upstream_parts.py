@@ -1,5 +1,5 @@
 """Which parts of this plugin circuit-tracer already ships (qwen-interp's upstream patches in
-``patches/qwen_interp_patches/``), so the plugin stands down for them instead of applying them
+``upstream_patches*.py`` in this plugin), so the plugin stands down for them instead of applying them
 twice. Detection reads only what is installed: a module's presence, a method's source."""
 
 from __future__ import annotations
@@ -30,15 +30,3 @@ def tokenizes_strings(method) -> bool:
         return FIRST_POSITION_LINE in inspect.getsource(method)
     except (OSError, TypeError):  # no source (frozen, C): assume it does not
         return False
-
-
-def status_lines() -> list[str]:
-    """One line per format/activation part: plugin-provided or already upstream."""
-    lines = []
-    for name, what in ((NATIVE_MODULE, "BluelightAI native formats"), (TOPK_MODULE, "top-k CLTs")):
-        if upstream_module(name) is not None:
-            lines.append(f"{what}: already upstream ({name}); the plugin delegates to it "
-                         "(stood down)")
-        else:
-            lines.append(f"{what}: provided by the plugin")
-    return lines

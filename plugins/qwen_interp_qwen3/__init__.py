@@ -1,13 +1,16 @@
-"""Built-in plugin: the Qwen3 model family — checkpoints and their hook points.
+"""Built-in plugin: the Qwen3 model families (dense and MoE) — checkpoints, hook points, and one
+``ModelFamily`` record per architecture (config class, hook names, capabilities, offline stand-in).
 
-Facts are the public ``config.json`` values of each checkpoint (see FACTS.md §2). Ecosystem
+Facts are the public ``config.json`` values of each checkpoint on the Hugging Face Hub. Ecosystem
 plugins (TransformerLens, circuit-tracer, SAELens) read these records; none hard-codes them.
 """
 
 from __future__ import annotations
 
 from qwen_interp import hookimpl
-from qwen_interp.specs import HookNameMap, HookPoint, ModelSpec
+from qwen_interp.compat import KnownBad, known_bad_check
+from qwen_interp.specs import (HOOKED_TRANSFORMER, TL_FAST_FORWARD, TL_FAST_LOAD, TL_MOE,
+                               HookNameMap, HookPoint, ModelFamily, ModelSpec)
 
 QWEN3 = "Qwen3ForCausalLM"
 QWEN3_MOE = "Qwen3MoeForCausalLM"
@@ -87,6 +90,61 @@ QWEN3_MOE_HOOKS = HookNameMap(QWEN3_MOE, {
 })
 
 
+# --- offline stand-ins ---------------------------------------------------------------------------
+SMALL_D_HEAD = 16
+SMALL_N_KV_HEADS = 2
+SMALL_N_LAYERS = 3
+SMALL_N_EXPERTS = 8
+QWEN_ENDOFTEXT = 151643  # <|endoftext|>: Base checkpoints' bos and eos in config.json
+
+
+def small_config_kwargs(spec: ModelSpec, n_layers: int = SMALL_N_LAYERS) -> dict:
+    """Config kwargs of a small model that keeps every architecture flag of ``spec``: the GQA
+    ratio, ``head_dim`` vs ``hidden_size / heads`` (0.6B and 4B differ from 1), tied or untied
+    embeddings, the real vocabulary (so the genuine tokenizer fits), rope theta, eps, context."""
+    group = spec.n_heads // spec.n_kv_heads
+    n_heads = SMALL_N_KV_HEADS * group
+    width_ratio = spec.d_model / (spec.n_heads * spec.d_head)
+    d_model = round(width_ratio * n_heads * SMALL_D_HEAD)
+    return dict(vocab_size=spec.vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
+                num_attention_heads=n_heads, num_key_value_heads=SMALL_N_KV_HEADS,
+                head_dim=SMALL_D_HEAD, intermediate_size=round(spec.d_mlp / spec.d_model * d_model),
+                max_position_embeddings=spec.max_position_embeddings,
+                tie_word_embeddings=spec.tied_embeddings, rope_theta=spec.rope_theta,
+                rms_norm_eps=spec.rms_norm_eps, torch_dtype="bfloat16",
+                bos_token_id=QWEN_ENDOFTEXT, eos_token_id=QWEN_ENDOFTEXT,
+                architectures=[spec.architecture])
+
+
+def qwen3_stand_in(spec: ModelSpec, n_layers: int = SMALL_N_LAYERS):
+    """A small ``Qwen3Config`` with ``spec``'s architecture flags (see ``small_config_kwargs``)."""
+    from transformers import Qwen3Config
+    return Qwen3Config(**small_config_kwargs(spec, n_layers))
+
+
+def qwen3_moe_stand_in(spec: ModelSpec, n_layers: int = SMALL_N_LAYERS):
+    """A small ``Qwen3MoeConfig``: at most 8 experts, half of them or fewer per token, the expert
+    MLP width scaled like the model's, every layer sparse and routing weights renormalised (as in
+    every Qwen3-MoE checkpoint)."""
+    from transformers import Qwen3MoeConfig
+    kwargs = small_config_kwargs(spec, n_layers)
+    n_experts = min(spec.n_experts, SMALL_N_EXPERTS)
+    d_expert = max(8, round(spec.d_expert_mlp / spec.d_model * kwargs["hidden_size"]))
+    return Qwen3MoeConfig(num_experts=n_experts,
+                          num_experts_per_tok=min(spec.experts_per_token, n_experts // 2),
+                          moe_intermediate_size=d_expert, norm_topk_prob=True,
+                          decoder_sparse_step=1, mlp_only_layers=[], **kwargs)
+
+
+QWEN3_FAMILY = ModelFamily(
+    QWEN3, hf_config_class="Qwen3Config", hook_names=QWEN3_HOOKS,
+    capabilities=frozenset({HOOKED_TRANSFORMER, TL_FAST_LOAD, TL_FAST_FORWARD}),
+    stand_in=qwen3_stand_in)
+QWEN3_MOE_FAMILY = ModelFamily(
+    QWEN3_MOE, hf_config_class="Qwen3MoeConfig", hook_names=QWEN3_MOE_HOOKS,
+    capabilities=frozenset({HOOKED_TRANSFORMER, TL_MOE, TL_FAST_FORWARD}), stand_in=qwen3_moe_stand_in)
+
+
 @hookimpl
 def register_models(register):
     for spec in (*QWEN3_BASE_MODELS, *QWEN3_MOE_BASE_MODELS):
@@ -94,6 +152,20 @@ def register_models(register):
 
 
 @hookimpl
-def register_hook_name_maps(register):
-    register(QWEN3_HOOKS)
-    register(QWEN3_MOE_HOOKS)
+def register_model_families(register):
+    register(QWEN3_FAMILY)
+    register(QWEN3_MOE_FAMILY)
+
+
+# Known-bad transformers releases for Qwen3 checkpoints, reported by `qwen-interp doctor`.
+KNOWN_BAD = (
+    KnownBad("transformers", "==4.57.2", "tokenizer loading calls the Hub even with "
+             "HF_HUB_OFFLINE=1 (_patch_mistral_regex); use 4.57.1"),
+    KnownBad("transformers", "==4.57.3", "tokenizer loading calls the Hub even with "
+             "HF_HUB_OFFLINE=1 (_patch_mistral_regex); use 4.57.1"),
+)
+
+
+@hookimpl
+def register_doctor_checks(register):
+    register(known_bad_check("qwen3-versions", KNOWN_BAD))

@@ -3,6 +3,7 @@ can run Qwen3.5 (``qwen-interp doctor``) and which path each model takes."""
 
 from __future__ import annotations
 
+from qwen_interp.adapters import INACTIVE, UPSTREAM, AdapterBase, Part, PartStatus
 from qwen_interp.compat import installed_version
 
 MIN_TRANSFORMERS = "5.2"  # first release with qwen3_5 / qwen3_5_moe (5.1.0 has neither)
@@ -27,27 +28,27 @@ def bridge_architectures() -> set[str]:
             if a in SUPPORTED_ARCHITECTURES}
 
 
-class Qwen35Adapter:
+class Qwen35Adapter(AdapterBase):
+    """No parts: transformers >= 5.2 runs Qwen3.5 as published, so nothing is patched. Its status
+    says whether this environment can (``transformers``) and which path each model takes; it is
+    read when asked, since finding the TransformerBridge path imports TransformerLens."""
+
     name = "qwen35"
     module = "transformers"
 
-    def __init__(self) -> None:
-        self.active = False
+    def parts(self) -> list[Part]:
+        return []
 
-    def activate(self, registry) -> None:
-        self.active = True  # nothing to patch: transformers >= 5.2 runs Qwen3.5 as published
-
-    def deactivate(self) -> None:
-        self.active = False
-
-    def status(self) -> list[str]:
+    def status(self) -> list[PartStatus]:
         version = installed_version("transformers")
         if not qwen35_supported(version):
-            return [f"stood down: transformers {version}. {PROFILE_HINT}"]
+            return [PartStatus(self.name, "transformers", INACTIVE,
+                               f"transformers {version} has no Qwen3.5. {PROFILE_HINT}")]
         from .model import default_backend
         from .specs import QWEN35_MODELS
-        lines = [f"transformers {version} runs Qwen3.5 (text model of the published "
-                 "vision-language checkpoints)"]
-        for spec in QWEN35_MODELS:
-            lines.append(f"{spec.repo_id}: load_model -> {default_backend(spec)}")
-        return lines
+        rows = [PartStatus(self.name, "transformers", UPSTREAM,
+                           f"transformers {version} runs Qwen3.5 (text model of the published "
+                           "vision-language checkpoints)")]
+        rows += [PartStatus(self.name, spec.repo_id, UPSTREAM,
+                            f"load_model -> {default_backend(spec)}") for spec in QWEN35_MODELS]
+        return rows

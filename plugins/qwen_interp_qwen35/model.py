@@ -67,7 +67,7 @@ def sae_features(model, sae, tokens):
     output of decoder layer n) for ``tokens`` (``[batch, pos]`` ids), on a model from
     :func:`load_model`."""
     import torch
-    from qwen_interp_saelens import check_sae_fits_model
+    from qwen_interp.fit import check_sae_fits_model
     check_sae_fits_model(sae, model)
     meta = sae.cfg.metadata
     with torch.no_grad():

@@ -1,4 +1,6 @@
-"""Qwen3.5 checkpoints behind the Qwen-Scope releases, and their hook points.
+"""Qwen3.5 checkpoints behind the Qwen-Scope releases, their hook points, and the two
+``ModelFamily`` records (config class, hook names, offline stand-in recipe; no TransformerLens
+capability: there is no ``HookedTransformer`` for Qwen3.5).
 
 Published Qwen3.5 checkpoints are vision-language (``architectures:
 ["Qwen3_5ForConditionalGeneration"]`` / ``Qwen3_5MoeForConditionalGeneration``, text under
@@ -6,7 +8,7 @@ Published Qwen3.5 checkpoints are vision-language (``architectures:
 ``Qwen3_5MoeForCausalLM`` through ``AutoModelForCausalLM`` (it strips ``language_model`` from the
 weight names). The SAEs read that text model, so specs and hook maps name the text classes.
 
-Verified facts: d_model and layer counts (FACTS.md §4, = the Qwen-Scope release shapes); 9B and
+Verified facts: d_model and layer counts (= the Qwen-Scope release shapes); 9B and
 35B-A3B also equal transformers' ``Qwen3_5TextConfig`` / ``Qwen3_5MoeTextConfig`` defaults
 (documented there as the Qwen3.5-9B / Qwen3.5-35B-A3B configurations): heads 16/4 and 16/2,
 head_dim 256, inter 12288, vocab 248320, 256 experts, 8 per token, expert and shared-expert
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qwen_interp.specs import HookNameMap, HookPoint, ModelSpec
+from qwen_interp.specs import HookNameMap, HookPoint, ModelFamily, ModelSpec
 
 QWEN35 = "Qwen3_5ForCausalLM"
 QWEN35_MOE = "Qwen3_5MoeForCausalLM"
@@ -95,3 +97,66 @@ QWEN35_MOE_HOOKS = HookNameMap(QWEN35_MOE, {
                                hf_module="model.layers.{layer}.mlp.gate", hf_port="output",
                                bridge="blocks.{layer}.mlp.gate.hook_out"),
 })
+
+
+# --- offline stand-ins ---------------------------------------------------------------------------
+SMALL_D_HEAD = 16
+SMALL_N_KV_HEADS = 2
+# 4 layers: with one full-attention layer in 4, layers 0-2 are GatedDeltaNet and 3 is full
+# attention, so tests see both mixers.
+SMALL_N_LAYERS = 4
+SMALL_N_EXPERTS = 8
+SMALL_EXPERTS_PER_TOKEN = 2
+
+
+def small_text_kwargs(spec: ModelSpec, n_layers: int = SMALL_N_LAYERS) -> dict:
+    """Text-config kwargs that keep ``spec``'s flags: the GQA ratio, head_dim wider than
+    hidden/heads (Qwen3.5: 256 * heads != hidden), the 3:1 GatedDeltaNet / full-attention
+    pattern, partial rotary, tying, the real vocabulary and eps. Pure arithmetic: any
+    transformers version can call it."""
+    extra = EXTRA[spec.repo_id]
+    group = spec.n_heads // spec.n_kv_heads
+    n_heads = SMALL_N_KV_HEADS * group
+    width_ratio = spec.d_model / (spec.n_heads * spec.d_head)
+    d_model = round(width_ratio * n_heads * SMALL_D_HEAD)
+    # linear attention: same value/key head ratio as the real model, 2 key heads of 16
+    lin_k = 2
+    lin_v = lin_k * extra.linear_num_value_heads // extra.linear_num_key_heads
+    kwargs = dict(vocab_size=spec.vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
+                  num_attention_heads=n_heads, num_key_value_heads=SMALL_N_KV_HEADS,
+                  head_dim=SMALL_D_HEAD, max_position_embeddings=spec.max_position_embeddings,
+                  rms_norm_eps=spec.rms_norm_eps, tie_word_embeddings=spec.tied_embeddings,
+                  linear_num_key_heads=lin_k, linear_num_value_heads=lin_v,
+                  linear_key_head_dim=SMALL_D_HEAD, linear_value_head_dim=SMALL_D_HEAD,
+                  layer_types=["linear_attention" if (i + 1) % extra.full_attention_interval
+                               else "full_attention" for i in range(n_layers)],
+                  rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta,
+                                   "partial_rotary_factor": 0.25},
+                  bos_token_id=None, eos_token_id=151643)
+    if spec.n_experts:
+        scale = d_model / spec.d_model
+        kwargs.update(num_experts=SMALL_N_EXPERTS, num_experts_per_tok=SMALL_EXPERTS_PER_TOKEN,
+                      moe_intermediate_size=max(8, round(spec.d_expert_mlp * scale)),
+                      shared_expert_intermediate_size=max(
+                          8, round(extra.shared_expert_intermediate_size * scale)))
+    else:
+        kwargs["intermediate_size"] = round(spec.d_mlp / spec.d_model * d_model)
+    return kwargs
+
+
+def qwen35_stand_in(spec: ModelSpec, n_layers: int = SMALL_N_LAYERS):
+    """A small text-only ``Qwen3_5TextConfig`` for ``spec`` (needs transformers >= 5.2)."""
+    from transformers import Qwen3_5TextConfig
+    return Qwen3_5TextConfig(**small_text_kwargs(spec, n_layers), architectures=[QWEN35])
+
+
+def qwen35_moe_stand_in(spec: ModelSpec, n_layers: int = SMALL_N_LAYERS):
+    """A small text-only ``Qwen3_5MoeTextConfig`` for ``spec`` (needs transformers >= 5.2)."""
+    from transformers import Qwen3_5MoeTextConfig
+    return Qwen3_5MoeTextConfig(**small_text_kwargs(spec, n_layers), architectures=[QWEN35_MOE])
+
+
+QWEN35_FAMILY = ModelFamily(QWEN35, hf_config_class="Qwen3_5TextConfig", hook_names=QWEN35_HOOKS,
+                            stand_in=qwen35_stand_in)
+QWEN35_MOE_FAMILY = ModelFamily(QWEN35_MOE, hf_config_class="Qwen3_5MoeTextConfig",
+                                hook_names=QWEN35_MOE_HOOKS, stand_in=qwen35_moe_stand_in)

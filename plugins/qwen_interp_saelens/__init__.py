@@ -1,7 +1,8 @@
 """Built-in plugin: Qwen-Scope SAEs in SAELens.
 
-- Registers the 14 Qwen-Scope releases (FACTS.md §4) as ``SAERelease`` records.
-- Adapter (when ``sae_lens`` is imported), standing down wherever SAELens already does the job:
+- Registers the 14 Qwen-Scope releases (listed in docs/formats.md) as ``SAERelease`` records.
+- Adapter (when ``sae_lens`` is imported), three parts, each standing down wherever SAELens
+  already does the job:
   * releases: SAELens's directory entry is used where it exists; entries are added only for
     registered releases it lacks (all 14 on SAELens < ~6.43; plugin-registered releases);
   * config: SAELens's ``qwen_scope`` config getter where it knows the release, else ours (same
@@ -20,7 +21,9 @@ from __future__ import annotations
 import dataclasses
 
 from qwen_interp import hookimpl
+from qwen_interp.adapters import AdapterBase, AlreadyUpstream, NothingToChange, Part
 from qwen_interp.patching import PatchSet
+from qwen_interp.specs import Command
 
 from .files import (SAEFileError, UnsafeCheckpointError, cache_enabled, cache_root,
                     sae_cache_dir)
@@ -65,82 +68,102 @@ def _reads_weights_only(loader) -> bool:
         return False
 
 
-class SAELensAdapter:
+LOADERS = "sae_lens.loading.pretrained_sae_loaders"
+
+
+class SAELensAdapter(AdapterBase):
+    """Parts ``releases``, ``config`` and ``weights``. The ``qwen_scope`` loader they share is
+    built at activation, from SAELens's tables as they were before any part changed them."""
+
     name = "saelens"
     module = "sae_lens"
 
     def __init__(self) -> None:
-        self._patches = PatchSet()
-        self.active = False
-        self.report: list[str] = []
+        super().__init__()
         self.loader: QwenScopeLoader | None = None
 
     def activate(self, registry) -> None:
-        if self.active:
-            return
+        if not self.active:
+            self.loader = self._new_loader(registry)
+        super().activate(registry)
+
+    def deactivate(self) -> None:
+        try:
+            super().deactivate()
+        finally:
+            self.loader = None
+
+    def parts(self) -> list[Part]:
+        return [
+            Part("releases", self.module, "get_pretrained_saes_directory()'s cached table: "
+                 "entries for registered releases SAELens lacks", self._add_releases),
+            Part("config", self.module, f"{LOADERS}.NAMED_PRETRAINED_SAE_CONFIG_GETTERS"
+                 f"[{QWEN_SCOPE!r}], where SAELens has none", self._add_config),
+            Part("weights", self.module, f"{LOADERS}.NAMED_PRETRAINED_SAE_LOADERS[{QWEN_SCOPE!r}]"
+                 ": a weights_only, cached reader", self._replace_weights_loader),
+        ]
+
+    @staticmethod
+    def _new_loader(registry) -> QwenScopeLoader:
         import sae_lens.loading.pretrained_sae_loaders as loaders
         import sae_lens.loading.pretrained_saes_directory as directory_mod
-
-        self.active = True
-        self.report = []
         directory = directory_mod.get_pretrained_saes_directory()
-        loader_table = loaders.NAMED_PRETRAINED_SAE_LOADERS
         getters = getattr(loaders, "NAMED_PRETRAINED_SAE_CONFIG_GETTERS", None)
         upstream_getter = getters.get(QWEN_SCOPE) if getters is not None else None
         upstream_repos = {e.repo_id for e in directory.values()
                           if getattr(e, "conversion_func", None) == QWEN_SCOPE}
+        return QwenScopeLoader(registry, upstream_getter, upstream_repos)
 
-        self._directory_entries(registry, directory_mod, directory)
-        self.loader = QwenScopeLoader(registry, upstream_getter, upstream_repos)
-        if upstream_getter is not None:
-            self.report.append("qwen_scope config: SAELens's own (stood down) for its releases")
-        elif getters is not None:
-            self._patches.setitem(getters, QWEN_SCOPE, self.loader.config)
-            self.report.append("qwen_scope config: added (SAELens has none)")
+    def _add_releases(self, patches: PatchSet, registry) -> str:
+        import sae_lens.loading.pretrained_saes_directory as directory_mod
+        directory = directory_mod.get_pretrained_saes_directory()
+        missing, upstream, differ = [], [], []
+        for rel in sorted(registry.sae_releases.values(), key=lambda r: r.release):
+            entry = directory.get(rel.release)
+            if entry is None:
+                missing.append(rel)
+            elif entry.repo_id != rel.repo_id:
+                differ.append(f"{rel.release} (SAELens: {entry.repo_id})")
+            else:
+                upstream.append(rel.release)
+        kept = (f"; SAELens's entry kept where it names another repo: {', '.join(differ)}"
+                if differ else "")
+        if not missing:
+            raise AlreadyUpstream(f"{len(upstream)} already in SAELens{kept}")
+        if not hasattr(directory_mod.get_pretrained_saes_directory, "cache_info"):
+            # Without @cache the directory is re-read on every call: entries cannot be added.
+            raise RuntimeError("SAELens re-reads its directory on every call: releases it lacks "
+                               "cannot be added (load them with load_sae_from_dir)")
+        for rel in missing:
+            patches.setitem(directory, rel.release,
+                            _lookup(directory_mod.PretrainedSAELookup, rel))
+        return (f"{len(upstream)} already in SAELens, {len(missing)} added: "
+                f"{', '.join(r.release for r in missing)}{kept}")
+
+    def _add_config(self, patches: PatchSet, registry) -> str:
+        import sae_lens.loading.pretrained_sae_loaders as loaders
+        getters = getattr(loaders, "NAMED_PRETRAINED_SAE_CONFIG_GETTERS", None)
+        if getters is None:
+            raise NothingToChange("this SAELens has no config-getter table")
+        if getters.get(QWEN_SCOPE) is not None:
+            raise AlreadyUpstream("SAELens's own getter, for its releases")
+        patches.setitem(getters, QWEN_SCOPE, self.loader.config)
+        return "added (SAELens has none)"
+
+    def _replace_weights_loader(self, patches: PatchSet, registry) -> str:
+        import sae_lens.loading.pretrained_sae_loaders as loaders
+        loader_table = loaders.NAMED_PRETRAINED_SAE_LOADERS
         upstream_loader = loader_table.get(QWEN_SCOPE)
         # One loader for the name: ours reads the same files, safely and through the cache.
-        self._patches.setitem(loader_table, QWEN_SCOPE, self.loader)
+        patches.setitem(loader_table, QWEN_SCOPE, self.loader)
         if upstream_loader is None:
             how = "added (SAELens has none)"
         elif _reads_weights_only(upstream_loader):
             how = "SAELens's reader is already weights_only (upstream fix); replaced for the cache"
         else:
             how = "replaces SAELens's torch.load reader (weights_only=True)"
-        self.report.append(
-            f"qwen_scope weights: {how}; cache "
-            f"{sae_cache_dir() if cache_enabled() else 'off (QWEN_INTERP_SAE_CACHE=0)'}")
-
-    def _directory_entries(self, registry, directory_mod, directory) -> None:
-        if not hasattr(directory_mod.get_pretrained_saes_directory, "cache_info"):
-            # Without @cache the directory is re-read on every call: entries cannot be added.
-            self.report.append("SAELens re-reads its directory on every call: releases it lacks "
-                               "cannot be added (load them with load_sae_from_dir)")
-            return
-        added, upstream, differ = [], [], []
-        for rel in sorted(registry.sae_releases.values(), key=lambda r: r.release):
-            entry = directory.get(rel.release)
-            if entry is None:
-                self._patches.setitem(directory, rel.release,
-                                      _lookup(directory_mod.PretrainedSAELookup, rel))
-                added.append(rel.release)
-            elif entry.repo_id != rel.repo_id:
-                differ.append(f"{rel.release} (SAELens: {entry.repo_id})")
-            else:
-                upstream.append(rel.release)
-        self.report.append(f"SAE releases: {len(upstream)} already in SAELens (stood down), "
-                           f"{len(added)} added" + (f": {', '.join(added)}" if added else ""))
-        if differ:
-            self.report.append(f"SAELens's entry kept where it names another repo: "
-                               f"{', '.join(differ)}")
-
-    def deactivate(self) -> None:
-        self._patches.undo()
-        self.active = False
-        self.report = []
-        self.loader = None
-
-    def status(self) -> list[str]:
-        return list(self.report) if self.active else ["not active (sae_lens not imported)"]
+        return (f"{how}; cache "
+                f"{sae_cache_dir() if cache_enabled() else 'off (QWEN_INTERP_SAE_CACHE=0)'}")
 
 
 _ADAPTER = SAELensAdapter()
@@ -155,3 +178,32 @@ def register_sae_releases(register):
 @hookimpl
 def register_adapters(register):
     register(_ADAPTER)
+
+
+@hookimpl
+def register_upstream_patches(register):
+    # The same changes as upstream-ready source patches (`qwen-interp patches`).
+    from .upstream_patches import PROJECT
+    register(PROJECT)
+
+
+# `qwen-interp saes`: the releases, their layers and where each layer is cached.
+def _configure_saes(parser) -> None:
+    parser.add_argument("release", nargs="?",
+                        help="one release, e.g. qwen-scope-3-1.7b-base-w32k-l50")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="one line per layer, with paths")
+
+
+def _run_saes(args) -> int:
+    print(format_sae_releases(list_sae_releases(args.release), verbose=args.verbose))
+    return 0
+
+
+SAES_COMMAND = Command("saes", "Qwen-Scope SAE releases, their layers and where each is cached",
+                       configure=_configure_saes, run=_run_saes)
+
+
+@hookimpl
+def register_commands(register):
+    register(SAES_COMMAND)

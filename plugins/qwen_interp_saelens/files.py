@@ -37,12 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from qwen_interp import settings
 from qwen_interp.atomic import (HASH_NAME, digest, file_lock, lock_path, remove_leftovers,
                                 temp_file)
 from qwen_interp.errors import CheckpointError
 from qwen_interp.paths import cache_root  # one root for every plugin
 
-ENV_SAE_CACHE_ENABLED = "QWEN_INTERP_SAE_CACHE"
+ENV_SAE_CACHE_ENABLED = settings.SAE_CACHE.name
 CACHE_FORMAT = "qwen-interp-sae-v2"  # v2: tensor hash and source fingerprint in the metadata
 log = logging.getLogger(__name__)
 KEYS = ("W_enc", "W_dec", "b_enc", "b_dec")
@@ -89,7 +90,7 @@ def sae_cache_dir() -> Path:
 
 
 def cache_enabled() -> bool:
-    return os.environ.get(ENV_SAE_CACHE_ENABLED, "1").strip().lower() not in ("0", "false", "no")
+    return settings.SAE_CACHE.get()
 
 
 def _safe_name(text: str) -> str:

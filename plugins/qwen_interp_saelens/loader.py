@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from qwen_interp.errors import CheckpointError
+# Moved to the core (registry logic); re-exported: qwen_interp_saelens.check_sae_fits_model.
+from qwen_interp.fit import SAEModelMismatchError, check_sae_fits_model  # noqa: F401
 from qwen_interp.specs import SAERelease
 
 from .files import Expected, SAEFileError, load_pickle_safely, others_from, read_layer
@@ -22,10 +24,6 @@ QWEN_SCOPE = "qwen_scope"  # SAELens's conversion_func name for Qwen-Scope
 # Used when a release's model has no registered hook-name map (e.g. a plugin's release for an
 # unregistered model): the names are those of every Qwen decoder stack in TL and HF.
 _DEFAULT_TL, _DEFAULT_HF = "blocks.{layer}.hook_resid_post", "model.layers.{layer}"
-
-
-class SAEModelMismatchError(CheckpointError):
-    """An SAE is used with a model it was not trained on."""
 
 
 class SAENotCachedError(CheckpointError, FileNotFoundError):
@@ -226,38 +224,3 @@ def load_sae(source: str | os.PathLike, layer: int | str, *, device: str = "cpu"
     if str(source) in qwen_interp.registry().sae_releases:
         return SAE.from_pretrained(str(source), f"layer{layer}", device=device, dtype=dtype)
     return load_sae_from_dir(source, layer, device=device, dtype=dtype, **kwargs)
-
-
-# --- SAE vs model ------------------------------------------------------------------------------
-def check_sae_fits_model(sae, model, registry=None) -> None:
-    """Raise :class:`SAEModelMismatchError` if ``sae`` cannot belong to ``model`` (a TL
-    ``HookedTransformer`` or an HF model): different width, a layer the model lacks, or a
-    model that is a different registered checkpoint."""
-    import qwen_interp
-    registry = registry or qwen_interp.registry()
-    d_model, n_layers, name = _model_facts(model)
-    meta = sae.cfg.metadata
-    sae_model = getattr(meta, "model_name", None) or "?"
-    what = f"SAE for {sae_model} at {getattr(meta, 'hook_name', '?')} (d_in {sae.cfg.d_in})"
-    if sae.cfg.d_in != d_model:
-        raise SAEModelMismatchError(f"{what} does not fit model {name!r} with d_model {d_model}")
-    layer = _layer_of_hook(getattr(meta, "hook_name", "") or "")
-    if layer is not None and layer >= n_layers:
-        raise SAEModelMismatchError(f"{what}: model {name!r} has only {n_layers} layers")
-    known = {s.repo_id.split("/")[-1].lower(): s.repo_id for s in registry.models.values()}
-    model_repo = known.get(str(name).split("/")[-1].lower())
-    if model_repo and sae_model != "?" and model_repo.lower() != sae_model.lower():
-        raise SAEModelMismatchError(f"{what} is used with {model_repo}")
-
-
-def _model_facts(model) -> tuple[int, int, str]:
-    cfg = getattr(model, "cfg", None)
-    if cfg is not None and hasattr(cfg, "d_model"):  # TransformerLens
-        return cfg.d_model, cfg.n_layers, cfg.model_name
-    hf = model.config  # HF transformers
-    return hf.hidden_size, hf.num_hidden_layers, getattr(hf, "_name_or_path", "") or ""
-
-
-def _layer_of_hook(hook_name: str) -> int | None:
-    match = re.match(r"blocks\.(\d+)\.", hook_name)
-    return int(match.group(1)) if match else None

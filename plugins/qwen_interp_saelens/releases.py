@@ -1,4 +1,4 @@
-"""The 14 Qwen-Scope releases (FACTS.md §4) as ``SAERelease`` records.
+"""The 14 Qwen-Scope releases (see docs/formats.md) as ``SAERelease`` records.
 
 Qwen-Scope repos carry no config file: the model, width and k are encoded in the repo name
 ``Qwen/SAE-Res-{model}-W{N}K-L0_{k}``, and each layer is one ``layer{n}.sae.pt``.

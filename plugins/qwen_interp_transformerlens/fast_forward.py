@@ -1,4 +1,4 @@
-"""A faster ``HookedTransformer`` forward for Qwen3 models, same hooks (issue 8).
+"""Part ``fast-forward``: a faster ``HookedTransformer`` forward for Qwen3 models, same hooks.
 
 TransformerLens 3.2.1's forward on Qwen3 does work HF's does not: every block normalises its
 input three times (``ln1`` for queries, keys and values) and adds ``0.0`` to two of them; the
@@ -7,8 +7,9 @@ over them (scale, mask, softmax, NaN scrub) after ``repeat_interleave``-ing K an
 query head; the MLP and unembedding copy their weight matrices (``W.T.contiguous()``) on every
 call, the unembedding's being vocab x d_model.
 
-For models whose ``cfg.original_architecture`` is Qwen3 (dense or MoE), on one CPU/CUDA device,
-this module replaces, per call and only where nothing observable changes:
+For models whose ``cfg.original_architecture`` is that of a family declaring ``TL_FAST_FORWARD``
+(Qwen3 layout: dense or MoE), on one CPU/CUDA device, this module replaces, per call and only
+where nothing observable changes:
 
 - ``TransformerBlock.forward``: ``ln1`` runs once, its output feeds Q, K and V. Taken only when
   neither ``ln1`` nor its hook points (``hook_scale``, ``hook_normalized``) carry a hook (they
@@ -35,17 +36,22 @@ part fall back. ``QWEN_INTERP_FAST_FORWARD=0`` (read at each call) selects upstr
 
 from __future__ import annotations
 
-import os
 from collections import Counter
+from typing import Any
 
-ENV = "QWEN_INTERP_FAST_FORWARD"
-ARCHITECTURES = {"Qwen3ForCausalLM", "Qwen3MoeForCausalLM"}
+from qwen_interp import settings
+from qwen_interp.patching import PatchSet
+from qwen_interp.specs import TL_FAST_FORWARD
+
+from .families import needed
+
+ENV = settings.FAST_FORWARD.name
 # How often each part took the fast path or upstream's ("attention:fast", ...): for tests.
 counts: Counter = Counter()
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return settings.FAST_FORWARD.get()
 
 
 def _hooked(module) -> bool:
@@ -60,15 +66,15 @@ def _global_hooks() -> bool:
                 or m._global_backward_hooks or m._global_backward_pre_hooks)
 
 
-def _qwen3(cfg, device) -> bool:
-    return (enabled() and cfg.original_architecture in ARCHITECTURES and cfg.n_devices == 1
+def _applies(cfg, device, archs: frozenset[str]) -> bool:
+    return (enabled() and cfg.original_architecture in archs and cfg.n_devices == 1
             and not cfg.load_in_4bit and device.type in ("cpu", "cuda") and not _global_hooks())
 
 
 # --- block: ln1 once -----------------------------------------------------------------------------
-def _block_ok(block, resid_pre, shortformer_pos_embed) -> bool:
+def _block_ok(block, resid_pre, shortformer_pos_embed, archs: frozenset[str]) -> bool:
     cfg = block.cfg
-    return (_qwen3(cfg, resid_pre.device) and shortformer_pos_embed is None
+    return (_applies(cfg, resid_pre.device, archs) and shortformer_pos_embed is None
             and not (cfg.use_attn_in or cfg.use_split_qkv_input or cfg.attn_only
                      or cfg.parallel_attn_mlp or cfg.use_normalization_before_and_after)
             and not any(_hooked(m) for m in block.ln1.modules())
@@ -90,9 +96,9 @@ def _block_forward(block, resid_pre, past_kv_cache_entry, attention_mask):
 
 
 # --- attention: fused SDPA -----------------------------------------------------------------------
-def _attention_ok(attn, query_input, past_kv_cache_entry, extra) -> bool:
+def _attention_ok(attn, query_input, past_kv_cache_entry, extra, archs: frozenset[str]) -> bool:
     cfg = attn.cfg
-    return (_qwen3(cfg, query_input.device) and past_kv_cache_entry is None
+    return (_applies(cfg, query_input.device, archs) and past_kv_cache_entry is None
             and all(v is None for v in extra) and query_input.dim() == 3
             and cfg.attention_dir == "causal" and cfg.positional_embedding_type == "rotary"
             and not cfg.rotary_adjacent_pairs and attn.attn_type == "global"
@@ -170,7 +176,7 @@ def _mlp_forward(mlp, x):
     return F.linear(post_act, mlp.W_out.T, mlp.b_out)
 
 
-# --- install -------------------------------------------------------------------------------------
+# --- the part ------------------------------------------------------------------------------------
 def _own(cls, name):
     """``cls.__dict__[name]`` (what undo must put back), asserting it is defined there."""
     assert name in cls.__dict__, f"{cls.__name__}.{name} is inherited: cannot patch it exactly"
@@ -181,18 +187,20 @@ def _tally(part: str, fast: bool) -> None:
     counts[f"{part}:{'fast' if fast else 'upstream'}"] += 1
 
 
-def install(patches, report: list[str]) -> None:
+def apply(patches: PatchSet, registry: Any) -> str:
     import functools
 
     from transformer_lens.components import AbstractAttention, TransformerBlock, Unembed
     from transformer_lens.components.mlps.gated_mlp import GatedMLP
+
+    archs = needed(registry, TL_FAST_FORWARD)
 
     block_up = _own(TransformerBlock, "forward")
 
     @functools.wraps(block_up)
     def block_forward(self, resid_pre, shortformer_pos_embed=None, past_kv_cache_entry=None,
                       attention_mask=None):
-        fast = _block_ok(self, resid_pre, shortformer_pos_embed)
+        fast = _block_ok(self, resid_pre, shortformer_pos_embed, archs)
         _tally("block", fast)
         if fast:
             return _block_forward(self, resid_pre, past_kv_cache_entry, attention_mask)
@@ -205,7 +213,7 @@ def install(patches, report: list[str]) -> None:
     def attention_forward(self, query_input, key_input, value_input, past_kv_cache_entry=None,
                           additive_attention_mask=None, attention_mask=None, position_bias=None):
         fast = _attention_ok(self, query_input, past_kv_cache_entry,
-                             (additive_attention_mask, attention_mask, position_bias))
+                             (additive_attention_mask, attention_mask, position_bias), archs)
         _tally("attention", fast)
         if fast:
             return _attention_forward(self, query_input, key_input, value_input)
@@ -218,7 +226,7 @@ def install(patches, report: list[str]) -> None:
 
     @functools.wraps(mlp_up)
     def mlp_forward(self, x):
-        fast = _qwen3(self.cfg, x.device) and not self.cfg.is_layer_norm_activation()
+        fast = _applies(self.cfg, x.device, archs) and not self.cfg.is_layer_norm_activation()
         _tally("mlp", fast)
         return _mlp_forward(self, x) if fast else mlp_up(self, x)
 
@@ -227,7 +235,7 @@ def install(patches, report: list[str]) -> None:
     @functools.wraps(unembed_up)
     def unembed_forward(self, residual):
         import torch.nn.functional as F
-        if not _qwen3(self.cfg, residual.device):
+        if not _applies(self.cfg, residual.device, archs):
             return unembed_up(self, residual)
         residual = self.hook_in(residual)
         return self.hook_out(F.linear(residual, self.W_U.T, self.b_U))
@@ -236,6 +244,6 @@ def install(patches, report: list[str]) -> None:
                         (AbstractAttention, attention_forward, attn_up),
                         (GatedMLP, mlp_forward, mlp_up), (Unembed, unembed_forward, unembed_up)):
         patches.setattr(cls, "forward", fn, restore=up)
-    report.append(f"fast Qwen3 forward (ln1 once, fused causal GQA attention while "
-                  f"hook_attn_scores/hook_pattern are unhooked, no per-call weight copies): "
-                  f"default; {ENV}=0 for upstream's")
+    return (f"{', '.join(sorted(archs))}: ln1 once, fused causal GQA attention while "
+            f"hook_attn_scores/hook_pattern are unhooked, no per-call weight copies; default, "
+            f"{ENV}=0 for upstream's")

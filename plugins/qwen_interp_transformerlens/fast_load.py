@@ -1,13 +1,15 @@
-"""Load dense Qwen3 checkpoints into ``HookedTransformer`` at the size of the model (issue 8).
+"""Part ``fast-load``: dense Qwen3-layout checkpoints load into ``HookedTransformer`` at the size of
+the model.
 
 Upstream ``HookedTransformer.from_pretrained`` loads the HF model, converts it to a TL state dict,
 upcasts *every* tensor to fp32 for weight processing (``ProcessWeights.process_weights``), clones
 it (twice with ``fold_ln``), builds a randomly initialised ``HookedTransformer`` on the CPU and
 copies the result into it, then moves it to the device: several full copies of the model.
 
-Here, for the registered dense Qwen3 checkpoints (``Qwen3ForCausalLM``: repo id, alias or local
-directory), the model is built with its parameters on the meta device (buffers as upstream builds
-them, on the CPU), and every parameter is produced once, directly in the target dtype on the
+Here, for the checkpoints of the model families that declare ``TL_FAST_LOAD`` (dense Qwen3
+layout, e.g. ``Qwen3ForCausalLM``: registered repo id, alias, or local directory), the model is
+built with its parameters on the meta device (buffers as upstream builds them, on the CPU), and
+every parameter is produced once, directly in the target dtype on the
 target device, from the safetensors files (read with ``pread``, tensor by tensor or row range by
 row range, so neither a second copy nor memory-mapped file pages accumulate). TL's processing is
 replicated op for op on the device, in fp32 chunks of bounded size, exactly as
@@ -29,9 +31,9 @@ the summation order differs, so ``W_U`` may differ from upstream's by rounding o
 Falls back to upstream (unchanged behaviour) for: ``QWEN_INTERP_FAST_LOAD=0``, ``hf_model=``,
 checkpoints (``checkpoint_index/value``), ``n_devices > 1``, ``refactor_factored_attn_matrices``,
 float64, quantisation or other HF kwargs than cache_dir/revision/token/local_files_only/
-torch_dtype, non-Qwen3-dense architectures (MoE included), configs outside the replicated case
-(see ``_unsupported_cfg``), checkpoints without safetensors files, and subclasses whose
-``__init__`` adds parameters TL's Qwen3 state dict does not have.
+torch_dtype, architectures of no ``TL_FAST_LOAD`` family (MoE included), configs outside the
+replicated case (see ``_unsupported_cfg``), checkpoints without safetensors files, and subclasses
+whose ``__init__`` adds parameters TL's Qwen3 state dict does not have.
 """
 
 from __future__ import annotations
@@ -44,11 +46,17 @@ import logging
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
-ENV = "QWEN_INTERP_FAST_LOAD"
-ENV_CHUNK_MB = "QWEN_INTERP_FAST_LOAD_CHUNK_MB"
-DEFAULT_CHUNK_MB = 128
-ARCHITECTURE = "Qwen3ForCausalLM"
+from qwen_interp import settings
+from qwen_interp.patching import PatchSet
+from qwen_interp.specs import TL_FAST_LOAD
+
+from .families import local_checkpoint_architecture, models, needed
+
+ENV = settings.FAST_LOAD.name
+ENV_CHUNK_MB = settings.FAST_LOAD_CHUNK_MB.name
+DEFAULT_CHUNK_MB = settings.FAST_LOAD_CHUNK_MB.default
 HF_KWARGS = {"cache_dir", "revision", "token", "local_files_only"}
 _ST_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
 
@@ -62,11 +70,11 @@ class Unsupported(Exception):
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return settings.FAST_LOAD.get()
 
 
 def chunk_bytes() -> int:
-    return max(1, int(float(os.environ.get(ENV_CHUNK_MB, DEFAULT_CHUNK_MB)) * 2**20))
+    return max(1, int(settings.FAST_LOAD_CHUNK_MB.get() * 2**20))
 
 
 # --- safetensors, read with pread --------------------------------------------------------------
@@ -165,10 +173,10 @@ def parameters_on_meta():
         torch.nn.Module.register_parameter = original
 
 
-def _unsupported_cfg(cfg, fold_ln: bool) -> str | None:
+def _unsupported_cfg(cfg, fold_ln: bool, archs: frozenset[str]) -> str | None:
     import torch
     checks = {
-        "architecture": cfg.original_architecture == ARCHITECTURE,
+        "architecture": cfg.original_architecture in archs,
         "dtype": cfg.dtype in (torch.float32, torch.bfloat16, torch.float16),
         # get_pretrained_model_config already turns RMS into RMSPre when fold_ln
         "normalization": cfg.normalization_type == ("RMSPre" if fold_ln else "RMS"),
@@ -189,7 +197,8 @@ def _unsupported_cfg(cfg, fold_ln: bool) -> str | None:
 
 
 class _Loader:
-    """Produces each TL parameter of one dense Qwen3 checkpoint on ``device`` in ``dtype``."""
+    """Produces each TL parameter of one dense Qwen3-layout checkpoint on ``device`` in
+    ``dtype``."""
 
     def __init__(self, files: SafetensorsFiles, cfg, device, dtype, tied: bool) -> None:
         self.f, self.cfg, self.device, self.dtype, self.tied = files, cfg, device, dtype, tied
@@ -329,8 +338,9 @@ class _Loader:
 
 def load(upstream, cls, model_name, *, fold_ln, center_writing_weights, center_unembed,
          fold_value_biases, device, tokenizer, move_to_device, default_prepend_bos,
-         default_padding_side, dtype, first_n_layers, n_ctx, hf_kwargs, torch_dtype_kw):
-    """The fast path proper (arguments already vetted by ``install``'s wrapper)."""
+         default_padding_side, dtype, first_n_layers, n_ctx, hf_kwargs, torch_dtype_kw, archs):
+    """The fast path proper (arguments already vetted by ``apply``'s wrapper); ``archs``: the
+    architectures of the ``TL_FAST_LOAD`` families."""
     import torch
     import transformer_lens.loading_from_pretrained as loading
     from transformer_lens.utilities import get_best_available_device
@@ -340,7 +350,7 @@ def load(upstream, cls, model_name, *, fold_ln, center_writing_weights, center_u
         official, hf_cfg={}, checkpoint_index=None, checkpoint_value=None, fold_ln=fold_ln,
         device=device, n_devices=1, default_prepend_bos=default_prepend_bos, dtype=dtype,
         first_n_layers=first_n_layers, n_ctx=n_ctx, **hf_kwargs, **torch_dtype_kw)
-    why = _unsupported_cfg(cfg, fold_ln)
+    why = _unsupported_cfg(cfg, fold_ln, archs)
     if why:
         raise Unsupported(why)
     files = SafetensorsFiles(checkpoint_files(official, hf_kwargs))
@@ -392,16 +402,18 @@ def _set_last(value: str) -> None:
     last_path = value
 
 
-def install(patches, HookedTransformer, repo_ids: set[str], report: list[str]) -> None:
+def apply(patches: PatchSet, registry: Any) -> str:
     """Route ``HookedTransformer.from_pretrained`` (and subclasses) through ``load`` for the
-    registered dense Qwen3 checkpoints; everything else, and any unsupported option, goes to the
-    upstream classmethod unchanged. Undo restores the original classmethod object."""
+    checkpoints of the ``TL_FAST_LOAD`` families; everything else, and any unsupported option,
+    goes to the upstream classmethod unchanged. Undo restores the original classmethod object."""
     import transformer_lens.loading_from_pretrained as loading
+    from transformer_lens import HookedTransformer
 
+    archs = needed(registry, TL_FAST_LOAD)
+    repo_ids = {spec.repo_id for spec in models(registry, TL_FAST_LOAD)}
     original = HookedTransformer.__dict__["from_pretrained"]
     upstream = original.__func__
     signature = inspect.signature(upstream)
-    from . import local_checkpoint_architecture
 
     @functools.wraps(upstream)
     def from_pretrained(cls, model_name, *args, **kwargs):
@@ -435,8 +447,8 @@ def install(patches, HookedTransformer, repo_ids: set[str], report: list[str]) -
             except Exception:  # noqa: BLE001 - let upstream raise its own error
                 official = None
             if not (official in repo_ids
-                    or local_checkpoint_architecture(model_name) == ARCHITECTURE):
-                reason = "not a registered dense Qwen3 checkpoint"
+                    or local_checkpoint_architecture(model_name) in archs):
+                reason = "not a checkpoint of a fast-load model family"
         if reason is None:
             dtype = a["dtype"]
             if isinstance(dtype, str):
@@ -453,7 +465,7 @@ def install(patches, HookedTransformer, repo_ids: set[str], report: list[str]) -
                             default_prepend_bos=a["default_prepend_bos"],
                             default_padding_side=a["default_padding_side"], dtype=dtype,
                             first_n_layers=a["first_n_layers"], n_ctx=a["n_ctx"],
-                            hf_kwargs=extra, torch_dtype_kw=torch_dtype_kw)
+                            hf_kwargs=extra, torch_dtype_kw=torch_dtype_kw, archs=archs)
                 _set_last("fast")
                 return model
             except Unsupported as e:
@@ -464,5 +476,5 @@ def install(patches, HookedTransformer, repo_ids: set[str], report: list[str]) -
 
     patches.setattr(HookedTransformer, "from_pretrained", classmethod(from_pretrained),
                     restore=original)
-    report.append(f"fast Qwen3 loading (safetensors -> device, no fp32 copy): default; "
-                  f"{ENV}=0 for upstream's path")
+    return (f"{', '.join(sorted(archs))}: safetensors -> device, no fp32 copy; default, "
+            f"{ENV}=0 for upstream's path")

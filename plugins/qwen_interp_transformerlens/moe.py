@@ -1,8 +1,10 @@
-"""Qwen3-MoE (``Qwen3MoeForCausalLM``, e.g. Qwen/Qwen3-30B-A3B-Base) in ``HookedTransformer``.
+"""Part ``moe``: Qwen3-MoE (``Qwen3MoeForCausalLM``, e.g. Qwen/Qwen3-30B-A3B-Base) in
+``HookedTransformer``.
 
 TransformerLens 3.2.1 has no HookedTransformer path for this architecture. This module adds the
-three missing pieces, each installed through the adapter's ``PatchSet`` (so ``deactivate()``
-restores upstream exactly) and each active only for ``Qwen3MoeForCausalLM`` configs:
+three missing pieces, each made through the part's ``PatchSet`` (so ``deactivate()`` restores
+upstream exactly) and each active only for configs of the model families that declare ``TL_MOE``
+(the Qwen3-MoE checkpoint layout):
 
 - config conversion: the Qwen3 branch (q/k norm, GQA, rotary) plus the MoE fields;
 - the MoE block (:class:`Qwen3MoE`), built by a subclass of TL's ``MLPFactory`` that
@@ -10,8 +12,9 @@ restores upstream exactly) and each active only for ``Qwen3MoeForCausalLM`` conf
 - weight conversion, and loading that keeps expert weights out of TL's weight processing.
 
 The config branch, the MoE block and the weight conversion are also, as source, the upstream
-patch ``qwen3-moe`` (``patches/qwen_interp_patches/transformer_lens_moe.py`` cuts them from this
-file); on a TransformerLens that has it, :func:`install` stands down.
+patch ``qwen3-moe`` (``upstream_patches_moe.py`` here cuts them from this
+file); on a TransformerLens whose config conversion already knows a family's architecture, the
+part stands down for that family.
 
 Routing is HF's, step for step (``Qwen3MoeSparseMoeBlock``): softmax over *all* router logits in
 fp32, top-k, then renormalise the k weights iff ``norm_topk_prob``. (With renormalisation this
@@ -41,10 +44,21 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from qwen_interp.adapters import AlreadyUpstream
+from qwen_interp.patching import PatchSet
+from qwen_interp.specs import TL_MOE
+
+from .families import local_checkpoint_architecture, model_families, models, needed
 
 # torch and transformer_lens are imported inside functions: this module is imported with the
 # plugin at ``import qwen_interp``, which must stay cheap.
+if TYPE_CHECKING:
+    import torch
+
+# The architecture the upstream patch names in TransformerLens's own branches. At run time the
+# part acts on the families that declare TL_MOE, whatever their architecture.
 ARCHITECTURE = "Qwen3MoeForCausalLM"
 
 
@@ -54,7 +68,7 @@ def hooked_transformer_config(hf_config, model_name: str) -> dict[str, Any]:
 
     Everything between this docstring and ``return cfg_dict`` is also, verbatim, the
     ``Qwen3MoeForCausalLM`` branch of ``convert_hf_model_config`` in the upstream patch
-    (``patches/qwen_interp_patches/transformer_lens_moe.py``): keep it self-contained (only
+    (``upstream_patches_moe.py`` here): keep it self-contained (only
     ``hf_config`` and ``model_name``, no plugin names)."""
     # Layers HF builds with a dense MLP (Qwen3MoeDecoderLayer.__init__'s rule): HookedTransformer
     # has one MLP kind and one d_mlp for all blocks, so such configs are refused.
@@ -121,33 +135,36 @@ def hooked_transformer_config(hf_config, model_name: str) -> dict[str, Any]:
     return cfg_dict
 
 
-def qwen3_moe_name(name: str, loading, repo_ids: set[str]) -> str | None:
-    """The name to load ``name`` by if it is a Qwen3-MoE checkpoint we handle, else None: a local
-    directory whose config says so, or a registered Qwen3-MoE repo id (or alias)."""
-    config = Path(name) / "config.json"
-    if config.is_file():
-        try:
-            arch = (json.loads(config.read_text()).get("architectures") or [None])[0]
-        except (OSError, ValueError):
-            return None
-        return name if arch == ARCHITECTURE else None
+def moe_checkpoint(name: str, loading, repos: dict[str, str]) -> tuple[str, str] | None:
+    """``(name to load by, architecture)`` if ``name`` is a checkpoint this part handles, else
+    None: a local directory whose config names one of ``repos``'s architectures, or a registered
+    repo id (or alias) in ``repos`` (repo id -> architecture)."""
+    if (Path(name) / "config.json").is_file():
+        arch = local_checkpoint_architecture(name)
+        return (name, arch) if arch in set(repos.values()) else None
     try:
         official = loading.get_official_model_name(name)
     except Exception:  # noqa: BLE001 - not a known name: not ours
         return None
-    return official if official in repo_ids else None
+    return (official, repos[official]) if official in repos else None
 
 
-def upstream_supports_qwen3_moe(convert_hf_model_config) -> bool:
-    """Probe: does upstream's config conversion already know ``Qwen3MoeForCausalLM``?"""
-    with tempfile.TemporaryDirectory(prefix="qwen3moe-probe-") as d:
+def upstream_supports(convert_hf_model_config, architecture: str, model_type: str) -> bool:
+    """Probe: does upstream's config conversion already know ``architecture``?"""
+    with tempfile.TemporaryDirectory(prefix="moe-probe-") as d:
         (Path(d) / "config.json").write_text(json.dumps(
-            {"architectures": [ARCHITECTURE], "model_type": "qwen3_moe", "num_hidden_layers": 1}))
+            {"architectures": [architecture], "model_type": model_type, "num_hidden_layers": 1}))
         try:
             cfg = convert_hf_model_config(d)
         except Exception:  # noqa: BLE001 - NotImplementedError today; any failure = unsupported
             return False
-        return cfg.get("original_architecture") == ARCHITECTURE
+        return cfg.get("original_architecture") == architecture
+
+
+def _model_type(family) -> str:
+    """``config.json``'s ``model_type`` of a family, from its ``transformers`` config class."""
+    import transformers
+    return getattr(transformers, family.hf_config_class).model_type
 
 
 # --- the MoE block -----------------------------------------------------------------------------
@@ -241,13 +258,13 @@ def moe_classes():
     return Qwen3MoEExpert, Qwen3MoE
 
 
-def mlp_factory_class(upstream_factory):
-    """A subclass of TL's ``MLPFactory`` that builds :class:`Qwen3MoE` for Qwen3-MoE configs."""
+def mlp_factory_class(upstream_factory, archs: frozenset[str]):
+    """A subclass of TL's ``MLPFactory`` that builds :class:`Qwen3MoE` for configs of ``archs``."""
 
     class Qwen3MoeAwareMLPFactory(upstream_factory):
         @staticmethod
         def create_mlp(cfg):
-            if cfg.original_architecture == ARCHITECTURE:
+            if cfg.original_architecture in archs:
                 return moe_classes()[1](cfg)
             return upstream_factory.create_mlp(cfg)
 
@@ -373,30 +390,47 @@ def load_and_process_state_dict(model, original, state_dict, fold_ln=True,
         model.setup()  # as TL after folding: refresh the hook dict
 
 
-# --- installation ------------------------------------------------------------------------------
-def install(patches, loading, repo_ids: set[str], report: list[str]) -> None:
-    """Patch TL (through ``patches``) so that ``HookedTransformer.from_pretrained`` loads
-    Qwen3-MoE checkpoints: the registered repo ids in ``repo_ids`` and local directories. Stands
-    down if upstream's config conversion already knows the architecture."""
-    if upstream_supports_qwen3_moe(loading.convert_hf_model_config):
-        report.append(f"{ARCHITECTURE}: upstream HookedTransformer supports it (stood down)")
-        return
+# --- the part ----------------------------------------------------------------------------------
+def apply(patches: PatchSet, registry: Any) -> str:
+    """Patch TL (through ``patches``) so that ``HookedTransformer.from_pretrained`` loads the
+    checkpoints of the ``TL_MOE`` families: their registered repo ids and local directories.
+    Stands down for each family whose architecture upstream's config conversion already knows."""
+    import transformer_lens.loading_from_pretrained as loading
+
+    families = {arch: model_families(registry)[arch] for arch in needed(registry, TL_MOE)}
+    upstream = sorted(arch for arch, f in families.items()
+                      if upstream_supports(loading.convert_hf_model_config, arch, _model_type(f)))
+    archs = frozenset(families) - set(upstream)
+    if not archs:
+        raise AlreadyUpstream(f"{', '.join(upstream)}: upstream HookedTransformer supports it")
+    repos = {spec.repo_id: spec.architecture for spec in models(registry, TL_MOE)
+             if spec.architecture in archs}
+    _install(patches, loading, archs, repos)
+    added = (f"{', '.join(sorted(archs))}: HookedTransformer config, MoE block (router/expert "
+             "hooks) and weight conversion added")
+    if upstream:
+        return f"{added}; {', '.join(upstream)}: upstream HookedTransformer supports it"
+    return added
+
+
+def _install(patches: PatchSet, loading, archs: frozenset[str], repos: dict[str, str]) -> None:
     import torch
-    import transformer_lens.components.transformer_block as transformer_block
     from transformer_lens import HookedTransformer
+    from transformer_lens.components import transformer_block
 
     original_config = loading.convert_hf_model_config
 
     @functools.wraps(original_config)
     def convert_hf_model_config(model_name: str, **kwargs):
-        name = qwen3_moe_name(model_name, loading, repo_ids)
-        if name is None:
+        found = moe_checkpoint(model_name, loading, repos)
+        if found is None:
             return original_config(model_name, **kwargs)
+        name, architecture = found
         from transformers import AutoConfig
         hf_config = AutoConfig.from_pretrained(name, token=os.environ.get("HF_TOKEN") or None,
                                                **kwargs)
         cfg = hooked_transformer_config(hf_config, name)
-        cfg["original_architecture"] = ARCHITECTURE
+        cfg["original_architecture"] = architecture
         cfg["tokenizer_name"] = name
         if kwargs.get("trust_remote_code", False):
             cfg["trust_remote_code"] = True
@@ -407,7 +441,7 @@ def install(patches, loading, repo_ids: set[str], report: list[str]) -> None:
     @functools.wraps(original_state_dict)
     def get_pretrained_state_dict(official_model_name, cfg, hf_model=None,
                                   dtype=torch.float32, **kwargs):
-        if cfg.original_architecture != ARCHITECTURE:
+        if cfg.original_architecture not in archs:
             return original_state_dict(official_model_name, cfg, hf_model, dtype=dtype, **kwargs)
         if "torch_dtype" in kwargs:  # as upstream: torch_dtype wins over dtype
             dtype = kwargs.pop("torch_dtype")
@@ -421,13 +455,12 @@ def install(patches, loading, repo_ids: set[str], report: list[str]) -> None:
 
     @functools.wraps(original_load)
     def load_and_process(self, state_dict, *args, **kwargs):
-        if self.cfg.original_architecture != ARCHITECTURE:
+        if self.cfg.original_architecture not in archs:
             return original_load(self, state_dict, *args, **kwargs)
         return load_and_process_state_dict(self, original_load, state_dict, *args, **kwargs)
 
     patches.setattr(loading, "convert_hf_model_config", convert_hf_model_config)
     patches.setattr(loading, "get_pretrained_state_dict", get_pretrained_state_dict)
-    patches.setattr(transformer_block, "MLPFactory", mlp_factory_class(transformer_block.MLPFactory))
+    patches.setattr(transformer_block, "MLPFactory",
+                    mlp_factory_class(transformer_block.MLPFactory, archs))
     patches.setattr(HookedTransformer, "load_and_process_state_dict", load_and_process)
-    report.append(f"{ARCHITECTURE}: HookedTransformer config, MoE block (router/expert hooks) "
-                  "and weight conversion added")

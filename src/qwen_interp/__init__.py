@@ -7,11 +7,18 @@ upstream package when that package is imported (or at once if it already is).
 
 from __future__ import annotations
 
+import importlib.metadata
+
 from .activation import (activate, deactivate, is_active, plugin_manager, register_plugin,
                          registry, unregister_plugin)
 from .hookspecs import hookimpl
 
-__all__ = ["activate", "deactivate", "hookimpl", "is_active", "plugin_manager",
+__all__ = ["__version__", "activate", "deactivate", "hookimpl", "is_active", "plugin_manager",
            "register_plugin", "registry", "unregister_plugin"]
+
+try:
+    __version__ = importlib.metadata.version("qwen-interp")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+    __version__ = "0+unknown"
 
 activate()

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pluggy
 
 from . import import_watch
-from .plugins import (hook_problems, is_initializing, load_entry_point_plugins, new_plugin_manager,
-                      register_checked, skip)
+from .plugins import (APP_PLUGINS, Pending, hook_problems, in_load_order, is_initializing,
+                      load_plugins, new_plugin_manager, register_checked, skip)
 from .registry import Registry, RegistryError, collect
+from .specs import Adapter
 
 log = logging.getLogger(__name__)
 _lock = threading.RLock()
@@ -26,6 +28,8 @@ _lock = threading.RLock()
 class State:
     pm: pluggy.PluginManager
     registry: Registry
+    # The built-in and third-party plugins registered, in load order (the app plugins, always
+    # loaded, are not listed).
     plugin_names: list[str]
     adapter_errors: dict[str, str] = field(default_factory=dict)
     # Installed plugins left out, and why (failed to import, hook raised, malformed record,
@@ -35,9 +39,9 @@ class State:
 
 
 _state: State | None = None
-# Entry-point plugins whose module was still being imported when qwen_interp activated (a plugin
+# Plugins whose module was still being imported when qwen_interp activated (a plugin
 # imported before qwen_interp imports it mid-way): registered at the next import or lookup.
-_pending: list = []
+_pending: Pending = []
 
 
 def is_active() -> bool:
@@ -61,13 +65,14 @@ def plugin_manager() -> pluggy.PluginManager:
 
 
 def activate() -> None:
-    """Load the entry-point plugins and arm their adapters. A second call changes nothing."""
+    """Load the plugins and arm their adapters. A second call changes nothing."""
     with _lock:
         if _state is not None:
             return
         pm = new_plugin_manager()
-        skipped, warnings = {}, []
-        names = load_entry_point_plugins(pm, _pending, skipped, warnings)
+        skipped: dict[str, str] = {}
+        warnings: list[str] = []
+        names = load_plugins(pm, _pending, skipped, warnings)
         reg = _collect_skipping(pm, names, skipped)
         _install(State(pm=pm, registry=reg, plugin_names=names, skipped_plugins=skipped,
                        plugin_warnings=warnings))
@@ -90,33 +95,37 @@ def _register_pending() -> None:
         st = _state
         added = [name for name, mod in ready
                  if register_checked(st.pm, mod, name, st.skipped_plugins, st.plugin_warnings)]
-        names = sorted([*st.plugin_names, *added])
+        names = in_load_order([*st.plugin_names, *(n for n in added if n not in APP_PLUGINS)])
         reg = _collect_skipping(st.pm, names, st.skipped_plugins, skippable=set(added))
         _reinstall(st, reg, names)
 
 
-def register_plugin(plugin, name: str | None = None) -> None:
+def register_plugin(plugin: object, name: str | None = None) -> None:
     """Register a plugin object (module, class or instance with ``@hookimpl`` functions) at run
     time. Its records take effect at once. If its hooks raise, its records are malformed or
-    conflict with another plugin's, or a hook would never be called, this raises (naming the
-    plugins) and nothing changes."""
+    conflict with another plugin's, or a hook would never be called (a ``@hookimpl`` that
+    matches no hook, which pluggy's ``check_pending()`` refuses; a hook function without
+    ``@hookimpl``), this raises ``RegistryError`` (naming the plugins) and nothing changes."""
     with _lock:
         st = state()
         if st.pm.is_registered(plugin):
             return
-        name = st.pm.register(plugin, name=name)
+        registered = st.pm.register(plugin, name=name)
+        if registered is None:  # pluggy's answer for a name someone blocked
+            raise RegistryError(f"plugin name {name!r} is blocked", (str(name),))
         try:
             problems = hook_problems(st.pm, plugin)
             if problems:
-                raise RegistryError(f"plugin {name!r}: {'; '.join(problems)}", (name,))
+                raise RegistryError(f"plugin {registered!r}: {'; '.join(problems)}",
+                                    (registered,))
             reg = collect(st.pm)
         except Exception:
             st.pm.unregister(plugin)
             raise
-        _reinstall(st, reg, [*st.plugin_names, name])
+        _reinstall(st, reg, [*st.plugin_names, registered])
 
 
-def unregister_plugin(plugin) -> None:
+def unregister_plugin(plugin: object) -> None:
     with _lock:
         st = state()
         if not st.pm.is_registered(plugin):
@@ -152,7 +161,8 @@ def _collect_skipping(pm: pluggy.PluginManager, names: list[str], skipped: dict[
             if culprit is None:
                 raise
             pm.unregister(name=culprit)
-            names.remove(culprit)
+            if culprit in names:
+                names.remove(culprit)
             if skippable is not None:
                 skippable.discard(culprit)
             skip(skipped, culprit, str(exc))
@@ -181,7 +191,7 @@ def _disarm(st: State) -> None:
             log.warning("qwen-interp adapter %r failed to deactivate: %s", adapter.name, exc)
 
 
-def _activator(adapter, st: State):
+def _activator(adapter: Adapter, st: State) -> Callable[[], None]:
     def run() -> None:
         try:
             adapter.activate(st.registry)

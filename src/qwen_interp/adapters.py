@@ -9,7 +9,8 @@ for every adapter:
   (:mod:`qwen_interp.import_watch`), so a part of a submodule nobody imports costs nothing;
 - **probe**: a part whose probe says upstream already has the change stands down;
 - **apply**: the part changes upstream only through its own :class:`~qwen_interp.patching.PatchSet`;
-  a part that raises is undone at once and reported as failed, the other parts stay;
+  a part that raises is undone at once and reported as failed, the other parts stay (a part
+  with nothing to change in this upstream raises :class:`NothingToChange`: inactive);
 - **undo**: ``deactivate()`` undoes every part, last applied first;
 - **report**: ``status()`` is one :class:`PartStatus` per part, data that ``qwen-interp doctor``
   prints and tests read.
@@ -39,6 +40,11 @@ STATES = (BRIDGED, UPSTREAM, FAILED, INACTIVE)
 class AlreadyUpstream(Exception):
     """Raised by a part's ``apply`` when it finds upstream already has the change (a probe that
     needs the module's contents). The part stands down; the message says why."""
+
+
+class NothingToChange(Exception):
+    """Raised by a part's ``apply`` when this upstream offers nothing for it to change (e.g. a
+    class without the method the part wraps). The part is reported inactive with the message."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,10 @@ class AdapterBase:
         except AlreadyUpstream as exc:
             patches.undo()
             self._set(part, UPSTREAM, str(exc) or "upstream already has it")
+            return
+        except NothingToChange as exc:
+            patches.undo()
+            self._set(part, INACTIVE, str(exc) or "nothing to change")
             return
         except Exception as exc:  # noqa: BLE001 - an upstream import must not break because of us
             try:

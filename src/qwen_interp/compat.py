@@ -1,11 +1,17 @@
-"""What the pinned stack is, and known-bad versions of it (shown by ``qwen-interp doctor``)."""
+"""What the pinned stack is, and a checker for known-bad versions of it.
+
+The rules themselves belong to the plugins that know the upstream packages: each registers a
+``DoctorCheck`` built by :func:`known_bad_check` (``register_doctor_checks``), and
+``qwen-interp doctor`` prints every version that matches a rule as a warning.
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from packaging.version import Version
+from .specs import DoctorCheck
 
 STACK = ("torch", "transformers", "huggingface-hub", "tokenizers", "transformer-lens",
          "circuit-tracer", "nnsight", "sae-lens", "pluggy", "safetensors")
@@ -13,26 +19,13 @@ STACK = ("torch", "transformers", "huggingface-hub", "tokenizers", "transformer-
 
 @dataclass(frozen=True)
 class KnownBad:
+    """Versions of ``package`` matching the specifier ``bad`` (e.g. ``">=4.0"``) do not work,
+    for the reason ``why``; with ``only_with``, only when that package is installed too."""
+
     package: str
-    bad: str  # a specifier, e.g. ">=4.0"
+    bad: str
     why: str
-    only_with: str | None = None  # the rule holds only when this package is installed
-
-
-KNOWN_BAD = (
-    KnownBad("transformer-lens", ">=4.0", "4.x removed HookedTransformer, which circuit-tracer "
-             "and SAELens subclass; use 3.2.1"),
-    KnownBad("transformer-lens", ">=3.3,<4.0", "needs transformers >= 5.4, which circuit-tracer "
-             "0.5 forbids", only_with="circuit-tracer"),
-    KnownBad("transformers", "==4.57.2", "tokenizer loading calls the Hub even with "
-             "HF_HUB_OFFLINE=1 (_patch_mistral_regex); use 4.57.1"),
-    KnownBad("transformers", "==4.57.3", "tokenizer loading calls the Hub even with "
-             "HF_HUB_OFFLINE=1 (_patch_mistral_regex); use 4.57.1"),
-    KnownBad("nnsight", ">=0.7", "removed nnsight.intervention.tracing: circuit-tracer's nnsight "
-             "backend does not import; use 0.6.1"),
-    KnownBad("huggingface-hub", ">=1.0", "circuit-tracer 0.5 and transformers 4.57 need < 1.0",
-             only_with="circuit-tracer"),
-)
+    only_with: str | None = None
 
 
 def installed_version(package: str) -> str | None:
@@ -42,13 +35,25 @@ def installed_version(package: str) -> str | None:
         return None
 
 
-def warnings_for(versions: dict[str, str | None]) -> list[str]:
+def warnings_for(versions: dict[str, str | None], rules: Iterable[KnownBad]) -> list[str]:
+    """One line per rule that ``versions`` (package -> version, None: not installed) match, in
+    the order of ``rules``: ``"<package> <version>: <why>"``."""
+    # Imported here: `import qwen_interp` (which builds the checks) stays free of packaging.
     from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
     out = []
-    for rule in KNOWN_BAD:
+    for rule in rules:
         v = versions.get(rule.package)
         if rule.only_with and versions.get(rule.only_with) is None:
             continue  # e.g. the qwen35 profile: no circuit-tracer, so TL 3.9 is right there
         if v is not None and Version(v) in SpecifierSet(rule.bad):
             out.append(f"{rule.package} {v}: {rule.why}")
     return out
+
+
+def known_bad_check(name: str, rules: tuple[KnownBad, ...]) -> DoctorCheck:
+    """A doctor check that reports each of ``rules`` the installed versions match."""
+    def run() -> list[str]:
+        packages = {r.package for r in rules} | {r.only_with for r in rules if r.only_with}
+        return warnings_for({p: installed_version(p) for p in sorted(packages)}, rules)
+    return DoctorCheck(name, run)

@@ -6,11 +6,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-ENV_CACHE = "QWEN_INTERP_CACHE"
+from . import settings
+
+ENV_CACHE = settings.CACHE.name
 
 
 def cache_root() -> Path:
-    if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE]).expanduser()
+    configured = settings.CACHE.get()
+    if configured is not None:
+        return configured
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(xdg) / "qwen-interp"

@@ -74,8 +74,11 @@ class ModelFamily:
     ``architecture`` is ``config.json``'s ``architectures[0]`` (e.g. ``Qwen3ForCausalLM``);
     ``hf_config_class`` the ``transformers`` config class that reads it. ``hook_names`` names its
     hook points in every ecosystem. ``capabilities`` say what the adapters may do with it (see
-    ``CAPABILITIES``). ``stand_in(spec, n_layers)`` returns a small ``transformers`` config with
-    the spec's architecture flags, from which the offline hub builds a random-weight stand-in.
+    ``CAPABILITIES``). ``stand_in(spec, n_layers=...)`` returns a small ``transformers`` config
+    (an instance of ``hf_config_class``) with the spec's architecture flags and ``n_layers``
+    layers (the recipe chooses the default), from which the offline test hub builds a
+    random-weight ``AutoModelForCausalLM`` stand-in; it is called only when a stand-in is built,
+    so it may import ``transformers`` then. The recipe is the plugin's: see docs/cookbook.md.
     """
 
     architecture: str

@@ -27,6 +27,8 @@ import tempfile
 
 import pytest
 
+# Declared in qwen_interp.settings (TEST_HF_HOME) but read here directly: importing that module
+# imports qwen_interp, which must wait until the offline environment below is in place.
 ENV_HF_HOME = "QWEN_INTERP_TEST_HF_HOME"
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                 "HF_HUB_DISABLE_TELEMETRY": "1", "HF_DATASETS_OFFLINE": "1"}

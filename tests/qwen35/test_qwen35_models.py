@@ -4,7 +4,7 @@ through ``qwen_interp_qwen35.load_model`` on both backends (TransformerBridge, H
 
 - every hook point of the plugin's maps equals HF transformers at its module and port;
 - SAE features at layer n (SAELens ``SAE.from_pretrained`` of a Qwen-Scope-format release)
-  equal the FACTS §4 reference computed from HF ``hidden_states``: top k of
+  equal the docs/formats.md reference computed from HF ``hidden_states``: top k of
   relu(x @ W_enc.T + b_enc), from the raw ``layer{n}.sae.pt``;
 - steering (``qwen_interp_saelens.steer``) moves the next-token distribution in the feature's
   direction: a decoder column promotes T = argmax(lm_head(norm(W_dec[:, f]))), so steering f up
@@ -95,7 +95,7 @@ def hf_reference(repo: str, ids) -> tuple[list[torch.Tensor], torch.Tensor]:
 
 
 def qwen_scope_reference(x: torch.Tensor, raw: dict, k: int) -> torch.Tensor:
-    """FACTS.md §4: pre = x @ W_enc.T + b_enc; keep the top k of relu(pre), zero the rest."""
+    """docs/formats.md (Qwen-Scope): pre = x @ W_enc.T + b_enc; keep the top k of relu(pre), zero the rest."""
     acts = torch.relu(x @ raw["W_enc"].T + raw["b_enc"])
     top = acts.topk(k, dim=-1)
     return torch.zeros_like(acts).scatter(-1, top.indices, top.values)
@@ -175,7 +175,7 @@ def test_bridge_logprobs_equal_hf(setup, repo):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("repo", MODELS)
 def test_sae_features_equal_reference(setup, repo, backend):
-    """SAE.from_pretrained(release, "layer{n}") + sae_features on the loaded model = the FACTS
+    """SAE.from_pretrained(release, "layer{n}") + sae_features on the loaded model = the docs/formats.md
     formula on HF's decoder-layer outputs, with the raw weights of layer{n}.sae.pt."""
     from huggingface_hub import hf_hub_download
     from sae_lens import SAE

@@ -75,7 +75,8 @@ class Session:
                 model_name, device=device, dtype=dtype, **processing, **kwargs)
             return cls(model)
         from circuit_tracer.utils import hf_utils
-        from qwen_interp_circuit_tracer.adapter import paired_with, preflight
+        from qwen_interp.fit import paired_with
+        from qwen_interp_circuit_tracer import preflight
         preflight(model_name, transcoder)  # model exists and fits a registered CLT
         with paired_with(model_name):  # CLT width and hooks checked against this model
             transcoders, _ = hf_utils.load_transcoder_from_hub(
@@ -90,7 +91,7 @@ class Session:
 
     def add_sae(self, sae) -> None:
         """Attach a SAELens SAE that reads a layer's residual output (Qwen-Scope's hook point)."""
-        from qwen_interp_saelens import check_sae_fits_model
+        from qwen_interp.fit import check_sae_fits_model
         check_sae_fits_model(sae, self.model)
         layer = _layer_of(sae.cfg.metadata.hook_name)
         self.saes[layer] = sae.to(self.model.cfg.device)

@@ -1,18 +1,56 @@
-"""Render and apply the upstream patches in ``patches/`` (package ``qwen_interp_patches``)."""
+"""Render, apply and check the upstream patches the plugins register
+(``register_upstream_patches``), and write them as patch files (``patches/<distribution>/``)."""
 
 from __future__ import annotations
 
 import difflib
 import importlib.metadata
+import re
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from qwen_interp.upstream_patches import NotApplicable, Patch, UpstreamProject
 
-def project(distribution: str):
-    from qwen_interp_patches import projects
+
+def projects() -> dict[str, UpstreamProject]:
+    """Every registered upstream project, by distribution: each after the registered ones it
+    depends on (TransformerLens before circuit-tracer and SAELens, which build on it), then by
+    name, so that the order does not depend on the order the plugins load in."""
+    import qwen_interp
+    reg = qwen_interp.registry()
+    table = dict(reg.upstream_projects)
+    depth: dict[str, int] = {}
+    for name in table:
+        _dependency_depth(name, set(table), depth)
+    return {name: table[name] for name in sorted(table, key=lambda n: (depth[n], n))}
+
+
+def _dependency_depth(name: str, names: set[str], depth: dict[str, int],
+                      seen: frozenset[str] = frozenset()) -> int:
+    """0 for a distribution that requires none of ``names`` (as installed), else one more than
+    the deepest of those it requires."""
+    if name not in depth:
+        below = [_dependency_depth(r, names, depth, seen | {name})
+                 for r in _requirements(name) & names - seen - {name}]
+        depth[name] = 1 + max(below) if below else 0
+    return depth[name]
+
+
+def _requirements(distribution: str) -> set[str]:
+    """The installed ``distribution``'s required distributions (extras left out), normalised."""
+    try:
+        requires = importlib.metadata.requires(distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        return set()
+    names = (re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", r) for r in requires
+             if not re.search(r";.*\bextra\b", r))
+    return {re.sub(r"[-_.]+", "-", m.group(0)).lower() for m in names if m}
+
+
+def project(distribution: str) -> UpstreamProject:
     table = projects()
     try:
         return table[distribution]
@@ -48,14 +86,14 @@ def copy_checkout(distribution: str, against: Path, dest: Path) -> Path:
     return dest
 
 
-def apply(distribution: str, root: Path) -> list[tuple[object, dict[str, tuple[str, str]], str]]:
+def apply(distribution: str,
+          root: Path) -> list[tuple[Patch, dict[str, tuple[str | None, str]], str]]:
     """Apply every patch, in order, in place to the tree at ``root``.
 
     Returns each patch with ``{path: (old text, new text)}`` of the files it changed (old text
     is None for a file the patch creates) and a note: "" when it changed something, else why
     not (already upstream, or not applicable to this tree)."""
     import qwen_interp
-    from qwen_interp_patches import NotApplicable
     reg = qwen_interp.registry()
     applied = []
     for patch in project(distribution).patches:
@@ -77,7 +115,7 @@ def apply(distribution: str, root: Path) -> list[tuple[object, dict[str, tuple[s
 
 @dataclass(frozen=True)
 class Rendered:
-    patch: object  # qwen_interp_patches.Patch
+    patch: Patch
     diff: str  # unified diff, paths relative to the repository root; "" when nothing changes
     note: str  # why there is no diff ("" when there is one)
 
@@ -110,11 +148,47 @@ def file_diff(rel: str, old: str | None, new: str) -> str:
 def render(distribution: str, against: Path | None = None) -> str:
     """PR description and a ``git apply``-able unified diff for each patch, against a checkout
     (``against``) or the installed pinned release. The checkout itself is not modified."""
-    parts = []
-    for r in rendered(distribution, against):
-        parts.append(f"## {r.patch.title}\n\n{r.patch.pr_text()}\n")
-        parts.append(r.diff if r.diff else f"({r.note})\n")
-    return "\n".join(parts)
+    return "\n".join(section(r) for r in rendered(distribution, against))
+
+
+def section(r: Rendered) -> str:
+    """One patch as ``render`` prints it: a heading, the PR description, then the diff (or why
+    there is none). ``git apply`` skips the text before the diff."""
+    return f"## {r.patch.title}\n\n{r.patch.pr_text()}\n\n" + (r.diff or f"({r.note})\n")
+
+
+def patch_file_name(index: int, patch: Patch) -> str:
+    """``<NN>-<name>.patch``: the number keeps the order the patches apply in."""
+    return f"{index:02d}-{patch.name}.patch"
+
+
+def patch_files(distribution: str, against: Path | None = None) -> dict[str, str]:
+    """``{file name: text}``: each patch of ``distribution`` as its own file, its ``render``
+    section, to be applied in name order (each diff is against the tree the earlier ones made)."""
+    return {patch_file_name(i, r.patch): section(r)
+            for i, r in enumerate(rendered(distribution, against), 1)}
+
+
+def write_patch_files(out: Path, distribution: str, against: Path | None = None) -> list[str]:
+    """Write ``patch_files`` into ``out/<distribution>/`` and remove the ``.patch`` files there
+    that no patch writes any more (a renamed or dropped patch). Returns what it did, one line
+    per file."""
+    files = patch_files(distribution, against)
+    folder = Path(out).expanduser() / distribution
+    folder.mkdir(parents=True, exist_ok=True)
+    done = []
+    for stale in sorted(folder.glob("*.patch")):
+        if stale.name not in files:
+            stale.unlink()
+            done.append(f"removed {stale}")
+    for name, text in files.items():
+        path = folder / name
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
+            done.append(f"unchanged {path}")
+            continue
+        path.write_text(text, encoding="utf-8")
+        done.append(f"wrote {path}")
+    return done
 
 
 def check(distribution: str, against: Path | None = None) -> list[tuple[Rendered, str]]:

@@ -16,17 +16,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where the tensors are made, not at import
+    import torch
 
 
 @dataclass
 class RawCLT:
-    W: "torch.Tensor"  # noqa: F821  (n, d, F)
-    b: "torch.Tensor"  # (n, F)
-    log_threshold: "torch.Tensor"  # (n, F)
-    nf_in: "torch.Tensor"  # (n,)
-    nf_out: "torch.Tensor"  # (n,)
+    W: torch.Tensor  # (n, d, F)
+    b: torch.Tensor  # (n, F)
+    log_threshold: torch.Tensor  # (n, F)
+    nf_in: torch.Tensor  # (n,)
+    nf_out: torch.Tensor  # (n,)
     W_dec: dict  # (i, j) -> (F, d), i <= j
-    b_dec: "torch.Tensor"  # (n, d)
+    b_dec: torch.Tensor  # (n, d)
 
     @property
     def n_layers(self) -> int:
@@ -203,7 +207,8 @@ def write_hub(folder, raw: RawCLT, *, dtype: str = "float32", config: dict | Non
                    f"threshold_{i}": raw.log_threshold[i].exp().to(tdtype),
                    f"b_dec_{i}": raw.b_dec[i].to(tdtype)}, str(folder / f"W_enc_{i}.safetensors"))
         W_dec = torch.stack([raw.W_dec[i, j] for j in range(i, n)], dim=1)
-        save_file({f"W_dec_{i}": W_dec.to(tdtype).contiguous()}, str(folder / f"W_dec_{i}.safetensors"))
+        save_file({f"W_dec_{i}": W_dec.to(tdtype).contiguous()},
+                  str(folder / f"W_dec_{i}.safetensors"))
     if config is not None:
         (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return folder

@@ -15,16 +15,13 @@ import json
 import os
 import shutil
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from qwen_interp.atomic import build_folder
-from qwen_interp.specs import ModelSpec, TranscoderRelease
+from qwen_interp.specs import ModelFamily, ModelSpec, TranscoderRelease
 
 COMMIT = "0" * 40  # one fake revision for every repo in the offline cache
-SMALL_D_HEAD = 16
-SMALL_N_KV_HEADS = 2
-SMALL_N_LAYERS = 3
 
 
 def qwen_tokenizer_dir() -> Path:
@@ -42,34 +39,32 @@ def qwen_tokenizer_dir() -> Path:
     return folder
 
 
-def small_config(spec: ModelSpec, n_layers: int = SMALL_N_LAYERS):
-    """A small ``transformers`` config that keeps every architecture flag of ``spec``: the GQA
-    ratio, ``head_dim`` vs ``hidden_size / heads`` (0.6B and 4B differ from 1), tied or untied
-    embeddings, the real vocabulary (so the genuine tokenizer fits), rope theta, eps, context."""
-    group = spec.n_heads // spec.n_kv_heads
-    n_heads = SMALL_N_KV_HEADS * group
-    width_ratio = spec.d_model / (spec.n_heads * spec.d_head)
-    d_model = round(width_ratio * n_heads * SMALL_D_HEAD)
-    d_mlp = round(spec.d_mlp / spec.d_model * d_model)
-    common = dict(vocab_size=spec.vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
-                  num_attention_heads=n_heads, num_key_value_heads=SMALL_N_KV_HEADS,
-                  head_dim=SMALL_D_HEAD, max_position_embeddings=spec.max_position_embeddings,
-                  tie_word_embeddings=spec.tied_embeddings, rope_theta=spec.rope_theta,
-                  rms_norm_eps=spec.rms_norm_eps, torch_dtype="bfloat16",
-                  bos_token_id=151643, eos_token_id=151643, architectures=[spec.architecture])
-    if spec.architecture == "Qwen3ForCausalLM":
-        from transformers import Qwen3Config
-        return Qwen3Config(intermediate_size=d_mlp, **common)
-    if spec.architecture == "Qwen3MoeForCausalLM":
-        from transformers import Qwen3MoeConfig
-        n_experts = min(spec.n_experts, 8)
-        return Qwen3MoeConfig(intermediate_size=d_mlp, num_experts=n_experts,
-                              num_experts_per_tok=min(spec.experts_per_token, n_experts // 2),
-                              moe_intermediate_size=max(8, round(spec.d_expert_mlp / spec.d_model
-                                                                 * d_model)),
-                              norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
-                              **common)
-    raise ValueError(f"no small-config recipe for {spec.architecture} ({spec.repo_id})")
+def stand_in_family(spec: ModelSpec) -> ModelFamily:
+    """The registered ``ModelFamily`` of ``spec.architecture`` that has an offline stand-in
+    recipe; one clear error naming the architecture and the families there are otherwise."""
+    import qwen_interp
+    families = qwen_interp.registry().model_families
+    family = families.get(spec.architecture)
+    if family is None or family.stand_in is None:
+        with_recipe = sorted(a for a, f in families.items() if f.stand_in is not None)
+        why = "has no stand-in recipe" if family else "is not a registered model family"
+        raise ValueError(f"{spec.repo_id}: architecture {spec.architecture!r} {why}; families "
+                         f"with an offline stand-in: {', '.join(with_recipe) or 'none'} "
+                         f"(a model-family plugin registers one: docs/cookbook.md)")
+    return family
+
+
+def small_config(spec: ModelSpec, n_layers: int | None = None):
+    """A small ``transformers`` config with ``spec``'s architecture flags (GQA ratio, head_dim vs
+    hidden/heads, tying, the real vocabulary, rope theta, eps, context), from the recipe of the
+    model family's plugin (``ModelFamily.stand_in``); ``n_layers`` None: the recipe's default."""
+    family = stand_in_family(spec)
+    config = family.stand_in(spec) if n_layers is None else family.stand_in(spec, n_layers)
+    if type(config).__name__ != family.hf_config_class:
+        raise TypeError(f"the stand-in recipe of {spec.architecture} returned a "
+                        f"{type(config).__name__}; its family's hf_config_class is "
+                        f"{family.hf_config_class}")
+    return config
 
 
 def _seed(name: str) -> int:
@@ -132,7 +127,11 @@ class OfflineHub:
         return final
 
     # --- models -----------------------------------------------------------------------------
-    def model(self, spec: ModelSpec, n_layers: int = SMALL_N_LAYERS) -> Path:
+    def model(self, spec: ModelSpec, n_layers: int | None = None) -> Path:
+        """The snapshot of ``spec.repo_id``: a random-weight stand-in built from its model
+        family's recipe (``ModelFamily.stand_in``), bf16, with the genuine Qwen tokenizer."""
+        stand_in_family(spec)  # an unknown family fails before anything is written
+
         def write(folder: Path) -> None:
             import torch
             from transformers import AutoModelForCausalLM
@@ -145,7 +144,7 @@ class OfflineHub:
 
         return self.snapshot(spec.repo_id, write)
 
-    # --- transcoders (circuit-tracer hub layout, FACTS.md §3) --------------------------------
+    # --- transcoders (circuit-tracer's hub layout) ------------------------------------------
     def transcoder(self, release: TranscoderRelease, model_spec: ModelSpec, d_latent: int = 32,
                    target_fire_rate: float = 0.15) -> Path:
         """A small cross-layer transcoder in the hub layout, thresholds calibrated on the model's

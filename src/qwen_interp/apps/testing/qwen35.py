@@ -3,8 +3,8 @@ publishes Qwen3.5: a ``Qwen3_5(Moe)ForConditionalGeneration`` checkpoint (text m
 ``model.language_model`` plus a vision tower, here one tiny block), so tests load them through
 the same path as the real repos (``AutoModelForCausalLM`` -> text-only ``*ForCausalLM``).
 
-Needs transformers >= 5.2 (profile qwen35). Kept out of ``hub.py`` so that the main profile
-(transformers 4.57) never imports it.
+The text config is the ``qwen35`` plugin's stand-in recipe; this module adds the published
+checkpoint layout. Building needs transformers >= 5.2 (profile qwen35); importing does not.
 """
 
 from __future__ import annotations
@@ -13,60 +13,23 @@ import zlib
 from pathlib import Path
 
 from qwen_interp.specs import ModelSpec
+from qwen_interp_qwen35 import PUBLISHED_ARCHITECTURE, QWEN35, QWEN35_MOE, small_text_kwargs
+from qwen_interp_qwen35.specs import SMALL_N_LAYERS  # 4: layers 0-2 GatedDeltaNet, 3 full attention
+
 from .hub import OfflineHub, write_tokenizer
 
-SMALL_D_HEAD = 16
-SMALL_N_KV_HEADS = 2
-# 4 layers: with one full-attention layer in 4, layers 0-2 are GatedDeltaNet and 3 is full
-# attention, so tests see both mixers.
-SMALL_N_LAYERS = 4
-SMALL_N_EXPERTS = 8
-SMALL_EXPERTS_PER_TOKEN = 2
+__all__ = ["SMALL_N_LAYERS", "qwen35_model", "randomize_qwen35_", "small_config_qwen35",
+           "small_text_kwargs"]
 
 
 def _seed(name: str) -> int:
     return zlib.crc32(name.encode())
 
 
-def small_text_kwargs(spec: ModelSpec, n_layers: int = SMALL_N_LAYERS) -> dict:
-    """Text-config kwargs that keep ``spec``'s flags: the GQA ratio, head_dim wider than
-    hidden/heads (Qwen3.5: 256 * heads != hidden), the 3:1 GatedDeltaNet / full-attention
-    pattern, partial rotary, tying, the real vocabulary and eps."""
-    from qwen_interp_qwen35.specs import EXTRA
-    extra = EXTRA[spec.repo_id]
-    group = spec.n_heads // spec.n_kv_heads
-    n_heads = SMALL_N_KV_HEADS * group
-    width_ratio = spec.d_model / (spec.n_heads * spec.d_head)
-    d_model = round(width_ratio * n_heads * SMALL_D_HEAD)
-    # linear attention: same value/key head ratio as the real model, 2 key heads of 16
-    lin_k = 2
-    lin_v = lin_k * extra.linear_num_value_heads // extra.linear_num_key_heads
-    kwargs = dict(vocab_size=spec.vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
-                  num_attention_heads=n_heads, num_key_value_heads=SMALL_N_KV_HEADS,
-                  head_dim=SMALL_D_HEAD, max_position_embeddings=spec.max_position_embeddings,
-                  rms_norm_eps=spec.rms_norm_eps, tie_word_embeddings=spec.tied_embeddings,
-                  linear_num_key_heads=lin_k, linear_num_value_heads=lin_v,
-                  linear_key_head_dim=SMALL_D_HEAD, linear_value_head_dim=SMALL_D_HEAD,
-                  layer_types=["linear_attention" if (i + 1) % extra.full_attention_interval
-                               else "full_attention" for i in range(n_layers)],
-                  rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta,
-                                   "partial_rotary_factor": 0.25},
-                  bos_token_id=None, eos_token_id=151643)
-    if spec.n_experts:
-        scale = d_model / spec.d_model
-        kwargs.update(num_experts=SMALL_N_EXPERTS, num_experts_per_tok=SMALL_EXPERTS_PER_TOKEN,
-                      moe_intermediate_size=max(8, round(spec.d_expert_mlp * scale)),
-                      shared_expert_intermediate_size=max(
-                          8, round(extra.shared_expert_intermediate_size * scale)))
-    else:
-        kwargs["intermediate_size"] = round(spec.d_mlp / spec.d_model * d_model)
-    return kwargs
-
-
 def small_config_qwen35(spec: ModelSpec, n_layers: int = SMALL_N_LAYERS):
     """A small published-layout config (``Qwen3_5Config`` / ``Qwen3_5MoeConfig``: text + tiny
-    vision) for ``spec`` (a Qwen3.5 spec of the ``qwen35`` plugin)."""
-    from qwen_interp_qwen35.specs import PUBLISHED_ARCHITECTURE, QWEN35, QWEN35_MOE
+    vision) for ``spec`` (a Qwen3.5 spec of the ``qwen35`` plugin): the text part is the
+    plugin's stand-in recipe (``small_text_kwargs``), the vision tower one tiny block."""
     text = small_text_kwargs(spec, n_layers)
     vision = dict(depth=1, hidden_size=32, num_heads=2, intermediate_size=64, patch_size=4,
                   temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=16,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from qwen_interp.hookspecs import hookimpl
 from qwen_interp.specs import ModelSpec, SAERelease
@@ -25,13 +25,17 @@ def _seed(name: str) -> int:
 def qwen_scope_tensors(d_model: int, d_sae: int, seed: int, tied: bool = False) -> dict:
     """Random Qwen-Scope weights: W_enc (d_sae, d_model), W_dec (d_model, d_sae), fp32.
 
-    ``tied``: unit-norm decoder columns and ``W_enc = W_dec.T``, so re-encoding ``h + s * W_dec[:, f]``
-    raises feature f's pre-activation by exactly ``s`` (handy for steering tests)."""
+    ``tied``: unit-norm decoder columns and ``W_enc = W_dec.T``, so re-encoding
+    ``h + s * W_dec[:, f]`` raises feature f's pre-activation by exactly ``s`` (handy for steering
+    tests)."""
     import torch
     g = torch.Generator().manual_seed(seed)
     W_dec = torch.randn(d_model, d_sae, generator=g)
     W_dec /= W_dec.norm(dim=0, keepdim=True)
-    W_enc = W_dec.T.contiguous() if tied else torch.randn(d_sae, d_model, generator=g) / d_model ** 0.5
+    if tied:
+        W_enc = W_dec.T.contiguous()
+    else:
+        W_enc = torch.randn(d_sae, d_model, generator=g) / d_model ** 0.5
     return {"W_enc": W_enc, "W_dec": W_dec,
             "b_enc": 0.01 * torch.randn(d_sae, generator=g),
             "b_dec": 0.1 * torch.randn(d_model, generator=g)}

@@ -1,8 +1,13 @@
-"""Upstream patches as generators (see patches/README.md).
+"""Upstream patches as records: what a plugin proposes to change in its upstream package.
 
-A :class:`Patch` edits a copy of an upstream source tree: ``apply(root, registry)`` returns
-``{relative path: new text}`` for the files it changes, computed from the pristine files under
-``root`` (the upstream repository root, or an unpacked release) and qwen-interp's registry.
+An ecosystem plugin registers one :class:`UpstreamProject` per upstream distribution through the
+``register_upstream_patches`` hook. Each :class:`Patch` is a *generator*: ``apply(root,
+registry)`` returns ``{relative path: new text}`` for the files it changes, computed from the
+pristine files under ``root`` (the upstream repository root, or an unpacked release) and
+qwen-interp's registry, so a patch and the plugin code it replaces cannot drift apart.
+``qwen_interp.apps.upstream`` renders, applies and checks them (``qwen-interp patches``).
+
+The text helpers below are shared by the plugins' generators.
 """
 
 from __future__ import annotations
@@ -10,7 +15,8 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 
 class UpstreamLayoutChanged(RuntimeError):
@@ -24,10 +30,14 @@ class NotApplicable(Exception):
 
 @dataclass(frozen=True)
 class Patch:
-    name: str
+    """One upstream change, proposed as one PR: ``apply(root, registry)`` returns the new text
+    of each file it changes under ``root`` ({} when the tree already has the change) or raises
+    :class:`NotApplicable` / :class:`UpstreamLayoutChanged`."""
+
+    name: str  # short, file-name safe: the rendered file is <NN>-<name>.patch
     title: str
     description: str
-    apply: Callable[[Path, object], dict[str, str]]
+    apply: Callable[[Path, Any], dict[str, str]]
     # Upstream issues and PRs the change addresses or relates to, each "#N: why" (same repository).
     refs: tuple[str, ...] = ()
 
@@ -35,20 +45,33 @@ class Patch:
         """The PR description: the text, then the upstream issues and PRs it refers to."""
         text = self.description
         if self.refs:
-            text += "\n\nRelated upstream issues and PRs:\n" + "".join(f"- {r}\n" for r in self.refs)
+            text += "\n\nRelated upstream issues and PRs:\n"
+            text += "".join(f"- {r}\n" for r in self.refs)
         return text
 
 
 @dataclass(frozen=True)
-class Project:
+class UpstreamProject:
+    """The patches proposed to one upstream distribution, applied in order (a later patch may
+    build on an earlier one). Registered by the plugin of that ecosystem; keyed by
+    ``distribution``."""
+
     distribution: str  # PyPI name
     package: str  # top-level import package inside the repository
-    pinned: str
+    pinned: str  # the release the plugin supports; patches render against it by default
     patches: tuple[Patch, ...]
     repository: str = ""  # the upstream repository a maintainer applies the patches to
 
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.patches]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"UpstreamProject {self.distribution!r}: patch names must be "
+                             f"unique, got {repeated} more than once")
 
-def insert_sorted(text: str, opener: str, entries: dict[str, str], key_of, path: str) -> str:
+
+def insert_sorted(text: str, opener: str, entries: dict[str, str],
+                  key_of: Callable[[str], str | None], path: str) -> str:
     """Insert each of ``entries`` ({name: its line(s)}) into the literal that starts at the line
     ``opener`` and ends at the next line holding only ``]`` or ``}``: before the first entry
     whose key (``key_of(line)``; None for lines that start no entry) sorts after the name under
@@ -78,14 +101,14 @@ def add_import(text: str, module: str, name: str, path: str) -> str:
         raise UpstreamLayoutChanged(f"{path}: no imports")
     pkg = module.split(".")[0] + "."
     own = [n for n in nodes if isinstance(n, ast.ImportFrom) and (n.module or "").startswith(pkg)]
-    later = [n for n in own if n.module > module]
-    at = later[0].lineno - 1 if later else (own or nodes)[-1].end_lineno
+    later = [n for n in own if (n.module or "") > module]
+    at = later[0].lineno - 1 if later else ((own or nodes)[-1].end_lineno or 0)
     lines = text.splitlines(keepends=True)
     lines.insert(at, f"from {module} import {name}\n")
     return "".join(lines)
 
 
-def require_names(source: str, names, what: str) -> None:
+def require_names(source: str, names: Iterable[str], what: str) -> None:
     """Fail at render time if a shipped module no longer defines what the patch's glue uses."""
     tree = ast.parse(source)
     defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
@@ -108,8 +131,3 @@ def require_standalone(source: str, what: str) -> None:
                                                 for a in node.names):
             raise UpstreamLayoutChanged(f"{what} imports qwen-interp: update the patch")
 
-
-def projects() -> dict[str, Project]:
-    from . import circuit_tracer, sae_lens, transformer_lens
-    return {p.distribution: p for p in (transformer_lens.PROJECT, circuit_tracer.PROJECT,
-                                        sae_lens.PROJECT)}

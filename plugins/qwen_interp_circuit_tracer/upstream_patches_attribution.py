@@ -1,5 +1,5 @@
-"""circuit-tracer: the ``circuit_tracer_attribution`` adapter as a source change. The three
-torch-only modules the plugin runs are shipped unchanged; the edits wire them in. Only
+"""circuit-tracer: this plugin's ``circuit_tracer_attribution`` adapter as a source change. The
+three torch-only modules the plugin runs are shipped unchanged; the edits wire them in. Only
 ``attribute()`` takes the bounded path (``setup_attribution(..., bounded_memory=True)`` ->
 ``CrossLayerTranscoder.compute_bounded_attribution_components``): the public
 ``compute_attribution_components`` and a direct ``setup_attribution`` keep upstream's return
@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from . import (Patch, UpstreamLayoutChanged, add_import, require_names,
-               require_standalone)
+from qwen_interp.upstream_patches import (Patch, UpstreamLayoutChanged, add_import,
+                                          require_names, require_standalone)
 
-PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "qwen_interp_circuit_tracer"
+PLUGIN = Path(__file__).parent  # the shipped modules are this plugin's own
 MODULES = ("active_decoders.py", "bounded_influences.py", "shared_patterns.py")
 # What the edits below import from the shipped modules.
 USED = {"active_decoders.py": ("ActiveDecoders", "attribution_components", "scoring_hooks"),
@@ -57,11 +57,7 @@ BOUNDED_METHOD = '''
 
 
 def _plugin_module(name: str) -> str:
-    try:
-        import qwen_interp_circuit_tracer
-        return (Path(qwen_interp_circuit_tracer.__file__).parent / name).read_text()
-    except ImportError:  # patches used from a checkout without the plugin installed
-        return (PLUGIN / name).read_text()
+    return (PLUGIN / name).read_text()
 
 
 def _replace(text: str, old: str, new: str, path: str) -> str:
@@ -114,7 +110,8 @@ def bounded_attribution(root: Path, registry) -> dict[str, str]:
         require_names(edits[f"circuit_tracer/attribution/{name}"], names, f"plugin {name}")
     edits[CLT] = _add_method_after(
         (root / CLT).read_text(),
-        "    def compute_attribution_components(self, inputs, zero_positions: slice = slice(0, 1)):\n",
+        "    def compute_attribution_components(self, inputs, "
+        "zero_positions: slice = slice(0, 1)):\n",
         BOUNDED_METHOD, CLT)
     for rel in (TL_MODEL, NNSIGHT_MODEL):
         edits[rel] = _bounded_setup((root / rel).read_text(), rel)
@@ -146,7 +143,8 @@ def bounded_attribution(root: Path, registry) -> dict[str, str]:
         raise UpstreamLayoutChanged(f"{ATTRIBUTION_DIR}: no module imports "
                                     "compute_partial_influences from circuit_tracer.graph")
     for rel in users:
-        text = (root / rel).read_text().replace(graph_import, "from circuit_tracer.graph import Graph\n")
+        text = (root / rel).read_text().replace(graph_import,
+                                                "from circuit_tracer.graph import Graph\n")
         edits[rel] = add_import(text, "circuit_tracer.attribution.bounded_influences",
                                 "compute_partial_influences", rel)
     callers = [f"{ATTRIBUTION_DIR}/{f.name}" for f in sorted((root / ATTRIBUTION_DIR).glob("*.py"))
@@ -192,7 +190,8 @@ PATCH = Patch(
     "`setup_attribution(inputs)` returns what it did before; per-layer transcoders keep their "
     "scoring). `compute_partial_influences` no longer copies the whole edge "
     "matrix to the GPU; and the TransformerLens backend computes and keeps one frozen attention "
-    "pattern per layer instead of one per batch row (the rows are the same prompt). The elementwise products are unchanged (only dot-product "
+    "pattern per layer instead of one per batch row (the rows are the same prompt). "
+    "The elementwise products are unchanged (only dot-product "
     "summation order can differ): on Qwen3 test models (fp32) node sets are identical and "
     "|dA| <= 1e-5 max|A| on both backends, the reconstruction is bit-identical, and "
     "`tests/transcoder/test_cross_layer_transcoder.py` passes (tested in qwen-interp, with "

@@ -1,22 +1,23 @@
-"""circuit-tracer: what the ``circuit_tracer`` plugin does, as source changes. The nnsight entries
-come from the same hook-name map the plugin uses at run time; the CLT patches (top-k, native
-formats, first position) are in ``circuit_tracer_clt.py``, bounded attribution memory in
-``circuit_tracer_attribution.py``."""
+"""circuit-tracer: what this plugin does, as source changes (upstream patches, registered through
+``register_upstream_patches``; see ``patches/README.md``). The nnsight entries come from the same
+hook-name map the plugin uses at run time; the CLT patches (top-k, native formats, first
+position) are in ``upstream_patches_clt.py``, bounded attribution memory in
+``upstream_patches_attribution.py``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import Patch, Project, UpstreamLayoutChanged
-from .circuit_tracer_attribution import PATCH as BOUNDED_ATTRIBUTION
-from .circuit_tracer_clt import (add_bluelight_native, add_first_position,
-                                 add_topk_activation)
+from qwen_interp.upstream_patches import Patch, UpstreamLayoutChanged, UpstreamProject
+
+from .upstream_patches_attribution import PATCH as BOUNDED_ATTRIBUTION
+from .upstream_patches_clt import add_bluelight_native, add_first_position, add_topk_activation
 
 MAPPING = "circuit_tracer/utils/tl_nnsight_mapping.py"
 
 
 def add_nnsight_feature_hooks(root: Path, registry) -> dict[str, str]:
-    from qwen_interp_circuit_tracer.adapter import nnsight_feature_hooks
+    from .adapter import nnsight_feature_hooks
     text = (root / MAPPING).read_text()
     for arch, hook_map in registry.hook_name_maps.items():
         block_start = text.find(f'model_architecture="{arch}"')
@@ -54,13 +55,14 @@ def fix_relative_graph_dir(root: Path, registry) -> dict[str, str]:
     return {FRONTEND_UTILS: text.replace(RELATIVE_ASSERT, fixed, 1)}
 
 
-PROJECT = Project(
+PROJECT = UpstreamProject(
     distribution="circuit-tracer",
     package="circuit_tracer",
     pinned="0.5.0",
     repository="decoderesearch/circuit-tracer",
     patches=(
-        Patch("nnsight-qwen3-feature-hooks", "nnsight backend: resid_mid and mlp_out hooks for Qwen3",
+        Patch("nnsight-qwen3-feature-hooks",
+              "nnsight backend: resid_mid and mlp_out hooks for Qwen3",
               "The Qwen3 mapping of the nnsight backend resolves only `mlp.hook_in` / "
               "`mlp.hook_out`, so a transcoder trained on `hook_resid_mid` / `hook_mlp_out` (the "
               "TransformerLens names most transcoders use) works on the TransformerLens backend "

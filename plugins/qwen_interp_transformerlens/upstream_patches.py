@@ -1,11 +1,14 @@
-"""TransformerLens: what the ``transformerlens`` plugin does at run time, as source changes."""
+"""TransformerLens: what this plugin does at run time, as source changes (upstream patches,
+registered through ``register_upstream_patches``; see ``patches/README.md``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import Patch, Project, UpstreamLayoutChanged, insert_sorted
-from . import transformer_lens_moe
+from qwen_interp.upstream_patches import (Patch, UpstreamLayoutChanged, UpstreamProject,
+                                          insert_sorted)
+
+from . import upstream_patches_moe
 
 SUPPORTED = "transformer_lens/supported_models.py"
 LOADING = "transformer_lens/loading_from_pretrained.py"
@@ -60,7 +63,8 @@ def accept_local_checkpoint_dirs(root: Path, registry) -> dict[str, str]:
     body = text[start:text.find("\ndef ", start + 1)]
     if start >= 0 and ("Path(model_name)" in body or "os.path.isdir(model_name)" in body):
         return {}  # already upstream: the name check lets paths through
-    anchor = '    model_alias_map = make_model_alias_map()\n    official_model_name = model_alias_map.get('
+    anchor = ('    model_alias_map = make_model_alias_map()\n'
+              '    official_model_name = model_alias_map.get(')
     if anchor not in text:
         raise UpstreamLayoutChanged(f"{LOADING}: get_official_model_name body not found")
     check = ('    if (Path(model_name) / "config.json").is_file():\n'
@@ -73,13 +77,13 @@ def accept_local_checkpoint_dirs(root: Path, registry) -> dict[str, str]:
 def add_qwen3_moe(root: Path, registry) -> dict[str, str]:
     # Loader support first (unless upstream already converts the architecture); the names last:
     # they would be refused without it.
-    arch = transformer_lens_moe.ARCHITECTURE
+    arch = upstream_patches_moe.ARCHITECTURE
     supported = f'architecture == "{arch}"' in (root / LOADING).read_text()
-    return {**({} if supported else transformer_lens_moe.edits(root)),
+    return {**({} if supported else upstream_patches_moe.edits(root)),
             **add_names(root, registry, {arch})}
 
 
-PROJECT = Project(
+PROJECT = UpstreamProject(
     distribution="transformer-lens",
     package="transformer_lens",
     pinned="3.2.1",

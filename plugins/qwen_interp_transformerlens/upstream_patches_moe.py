@@ -1,7 +1,7 @@
 """TransformerLens: Qwen3-MoE (``Qwen3MoeForCausalLM``) in ``HookedTransformer``.
 
-The upstream code is cut from the ``transformerlens`` plugin's own source
-(``plugins/qwen_interp_transformerlens/moe.py``), so the patch and the plugin cannot drift apart:
+The upstream code is cut from this plugin's own source (``moe.py``), so the patch and the
+plugin cannot drift apart:
 
 - the MoE block: the body of ``moe.moe_classes()``, appended to ``components/mlps/moe.py``;
 - the weight conversion: ``moe.convert_qwen3_moe_weights``, appended to TL's
@@ -22,9 +22,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from qwen_interp_transformerlens.moe import ARCHITECTURE
+from qwen_interp.upstream_patches import UpstreamLayoutChanged
 
-from . import UpstreamLayoutChanged
+from .moe import ARCHITECTURE
 
 MOE = "transformer_lens/components/mlps/moe.py"
 FACTORY = "transformer_lens/factories/mlp_factory.py"
@@ -39,7 +39,7 @@ class _Source:
     """The plugin module's text and syntax tree."""
 
     def __init__(self) -> None:
-        from qwen_interp_transformerlens import moe
+        from . import moe
         self.text = inspect.getsource(moe)
         self.tree = ast.parse(self.text)
 
@@ -127,7 +127,8 @@ def config_branch(src: _Source) -> str:
     doc, ret = fn.body[0], fn.body[-1]
     if not (isinstance(ret, ast.Return) and isinstance(ret.value, ast.Name)
             and ret.value.id == "cfg_dict"):
-        raise UpstreamLayoutChanged("plugin hooked_transformer_config must end with return cfg_dict")
+        raise UpstreamLayoutChanged("plugin hooked_transformer_config must end with "
+                                    "return cfg_dict")
     body = src.lines(doc.end_lineno + 1, ret.lineno - 1).rstrip() + "\n"
     return f'    elif architecture == "{ARCHITECTURE}":\n' + textwrap.indent(body, " " * 8)
 
@@ -189,8 +190,10 @@ def edit_fold_ln(root: Path) -> dict[str, str]:
     new = ("            if (\n"
            "                self.cfg.num_experts\n"
            "                and self.cfg.num_experts > 1\n"
-           "                # ProcessWeights.fold_layer_norm folds ln2 into Qwen3MoE's router and\n"
-           "                # experts (and get_pretrained_model_config has made the norms RMSPre).\n"
+           "                # ProcessWeights.fold_layer_norm folds ln2 into Qwen3MoE's router "
+           "and\n"
+           "                # experts (and get_pretrained_model_config has made the norms "
+           "RMSPre).\n"
            f'                and self.cfg.original_architecture != "{ARCHITECTURE}"\n'
            "            ):\n"
            "                logging.warning(\n"

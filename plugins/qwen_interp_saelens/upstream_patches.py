@@ -1,11 +1,13 @@
-"""SAELens: the safety half of what the ``saelens`` plugin does for Qwen-Scope, as a source change
-(the plugin's conversion cache stays a plugin feature)."""
+"""SAELens: the safety half of what this plugin does for Qwen-Scope, as a source change (an
+upstream patch, registered through ``register_upstream_patches``; see ``patches/README.md``). The
+plugin's conversion cache stays a plugin feature."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import NotApplicable, Patch, Project, UpstreamLayoutChanged
+from qwen_interp.upstream_patches import (NotApplicable, Patch, UpstreamLayoutChanged,
+                                          UpstreamProject)
 
 LOADERS = "sae_lens/loading/pretrained_sae_loaders.py"
 UNSAFE = "state_dict_loaded = torch.load(sae_path, map_location=device)\n"
@@ -28,13 +30,14 @@ def qwen_scope_weights_only(root: Path, registry) -> dict[str, str]:
     return {LOADERS: text[:start] + body.replace(UNSAFE, SAFE, 1) + text[end:]}
 
 
-PROJECT = Project(
+PROJECT = UpstreamProject(
     distribution="sae-lens",
     package="sae_lens",
     pinned="6.54.12",
     repository="decoderesearch/SAELens",
     patches=(
-        Patch("qwen-scope-weights-only", "Qwen-Scope loader: read checkpoints with weights_only=True",
+        Patch("qwen-scope-weights-only",
+              "Qwen-Scope loader: read checkpoints with weights_only=True",
               "`qwen_scope_sae_huggingface_loader` reads each `layer{n}.sae.pt` with a bare "
               "`torch.load`, which runs any code in the pickle on torch < 2.6 or when "
               "`TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1` is set. The files are plain dicts of four "

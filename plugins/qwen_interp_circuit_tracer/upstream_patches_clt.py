@@ -1,7 +1,7 @@
 """circuit-tracer: BluelightAI's native CLT formats, top-k CLTs and the first position for
 string inputs, as source changes.
 
-The new upstream modules are the ``circuit_tracer`` plugin's own modules, copied verbatim (only
+The new upstream modules are this plugin's own modules, copied verbatim (only
 the one import of qwen-interp's base exception is rewritten), so a patch and the plugin cannot
 drift apart; what is written here is the glue: where circuit-tracer dispatches to them.
 """
@@ -9,10 +9,11 @@ drift apart; what is written here is the glue: where circuit-tracer dispatches t
 from __future__ import annotations
 
 import ast
-import importlib
 from pathlib import Path
 
-from . import UpstreamLayoutChanged, require_names
+from qwen_interp.upstream_patches import UpstreamLayoutChanged, require_names
+
+from .upstream_parts import FIRST_POSITION_LINE
 
 HF_UTILS = "circuit_tracer/utils/hf_utils.py"
 TOPK_FILE = "circuit_tracer/transcoder/topk_cross_layer_transcoder.py"
@@ -23,9 +24,8 @@ STRING_INPUT_METHODS = ("get_activations", "feature_intervention", "feature_inte
 
 
 def plugin_source(module: str) -> str:
-    """The text of ``qwen_interp_circuit_tracer.<module>``, with a provenance line on top."""
-    mod = importlib.import_module(f"qwen_interp_circuit_tracer.{module}")
-    text = Path(mod.__file__).read_text()
+    """The text of this plugin's ``<module>.py``, with a provenance line on top."""
+    text = (Path(__file__).parent / f"{module}.py").read_text()
     return (f"# Generated from qwen-interp's circuit_tracer plugin ({module}.py); change it "
             "there.\n" + text)
 
@@ -59,7 +59,7 @@ def add_topk_activation(root: Path, registry) -> dict[str, str]:
         modules = shipped_modules("topk", {})
         if len(modules) > 1:
             raise UpstreamLayoutChanged("plugin topk.py imports other plugin modules; the patch "
-                                        "ships it as one file (circuit_tracer_clt.py)")
+                                        "ships it as one file (upstream_patches_clt.py)")
         edits[TOPK_FILE] = modules["topk"]
         require_names(edits[TOPK_FILE], ["load_ct_layout"], "plugin topk.py")
     hf_utils = (root / HF_UTILS).read_text()
@@ -220,7 +220,7 @@ def shipped_modules(start: str, rewrites: dict[str, tuple[str, str]]) -> dict[st
             elif node.level or (node.module or "").split(".")[0].startswith("qwen_interp"):
                 raise UpstreamLayoutChanged(
                     f"plugin {module}.py imports {'.' * node.level}{node.module or ''}, which "
-                    "circuit-tracer does not have: extend the patch (circuit_tracer_clt.py)")
+                    "circuit-tracer does not have: extend the patch (upstream_patches_clt.py)")
         out[module] = text
     return out
 
@@ -258,7 +258,6 @@ def add_bluelight_native(root: Path, registry) -> dict[str, str]:
 # --- first position for string inputs -------------------------------------------------------------
 
 def first_position_block(extra: str = "") -> str:
-    from qwen_interp_circuit_tracer.upstream_parts import FIRST_POSITION_LINE
     return ("        if isinstance(inputs, str):  # the same tokens, first position included, "
             "as attribute()\n"
             f"            {FIRST_POSITION_LINE}\n" + extra)
@@ -289,7 +288,6 @@ NN_N_POS = ("            n_pos = len(self.tokenizer(inputs).input_ids)\n",
 
 
 def add_first_position(root: Path, registry) -> dict[str, str]:
-    from qwen_interp_circuit_tracer.upstream_parts import FIRST_POSITION_LINE
     edits = {}
     for rel, fixes in ((TL_MODEL, (TL_GENERATE,)), (NN_MODEL, (NN_N_POS,))):
         text = original = (root / rel).read_text()

@@ -1,0 +1,103 @@
+"""The three layers, enforced: every import statement of every module, read from its source.
+
+- core (``qwen_interp`` and its modules, except ``qwen_interp.apps``): imports no plugin and no
+  app;
+- plugins (one package per folder under ``plugins/``): import the core and their own upstream,
+  never another plugin and never an app;
+- apps (``qwen_interp.apps``, ``qwen_interp_pytest``): may import both.
+
+Imports inside functions count too: a lazy import is still a dependency. The core names its
+built-in plugins as strings (``plugins.BUILTIN_PLUGINS``, as llm and datasette do), which is data,
+not an import.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = ROOT / "src" / "qwen_interp"
+APPS = CORE / "apps"
+PLUGINS = sorted(p for p in (ROOT / "plugins").iterdir() if (p / "__init__.py").is_file())
+PLUGIN_NAMES = {p.name for p in PLUGINS}
+
+
+def module_name(path: Path, base: Path) -> str:
+    parts = list(path.relative_to(base).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_modules(path: Path, base: Path) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import in ``path``, relative imports resolved."""
+    name = module_name(path, base)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                target = ".".join([*anchor, *([node.module] if node.module else [])])
+            else:
+                target = node.module or ""
+            found.append((node.lineno, target))
+            # `from qwen_interp import apps` imports the apps package too.
+            found += [(node.lineno, f"{target}.{alias.name}") for alias in node.names]
+    return found
+
+
+def is_app(module: str) -> bool:
+    return (module == "qwen_interp.apps" or module.startswith("qwen_interp.apps.")
+            or module.split(".")[0] == "qwen_interp_pytest")
+
+
+def is_plugin(module: str) -> bool:
+    return module.split(".")[0] in PLUGIN_NAMES
+
+
+def core_files() -> list[Path]:
+    return sorted(p for p in CORE.rglob("*.py")
+                  if APPS not in p.parents and p.name != "__main__.py")
+
+
+def test_the_layers_are_where_the_folders_say() -> None:
+    assert PLUGIN_NAMES >= {"qwen_interp_qwen3", "qwen_interp_qwen35", "qwen_interp_transformerlens",
+                            "qwen_interp_circuit_tracer", "qwen_interp_saelens"}
+    assert (APPS / "__init__.py").is_file()
+    assert len(core_files()) >= 10  # the walk below really reads the core
+
+
+@pytest.mark.parametrize("path", core_files(), ids=lambda p: p.name)
+def test_the_core_imports_no_plugin_and_no_app(path: Path) -> None:
+    bad = [(line, mod) for line, mod in imported_modules(path, ROOT / "src")
+           if is_plugin(mod) or is_app(mod)]
+    assert not bad, f"{path.relative_to(ROOT)} imports {bad}: the core imports no plugin or app"
+
+
+@pytest.mark.parametrize("path", sorted(p for d in PLUGINS for p in d.rglob("*.py")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_a_plugin_imports_the_core_and_its_upstream_only(path: Path) -> None:
+    own = path.relative_to(ROOT / "plugins").parts[0]
+    bad = [(line, mod) for line, mod in imported_modules(path, ROOT / "plugins")
+           if is_app(mod) or (is_plugin(mod) and mod.split(".")[0] != own)]
+    assert not bad, (f"{path.relative_to(ROOT)} imports {bad}: a plugin imports the core and "
+                     "its upstream only, never another plugin or an app")
+
+
+def test_the_import_walk_sees_lazy_and_relative_imports(tmp_path: Path) -> None:
+    """The checker itself: an import inside a function and a relative import are both found."""
+    pkg = tmp_path / "qwen_interp"
+    (pkg / "apps").mkdir(parents=True)
+    source = ("def f():\n    from qwen_interp_saelens import steering\n"
+              "from .apps import session\nfrom . import apps\n")
+    (pkg / "core_mod.py").write_text(source)
+    found = {mod for _, mod in imported_modules(pkg / "core_mod.py", tmp_path)}
+    assert "qwen_interp_saelens" in found
+    assert "qwen_interp.apps" in found and "qwen_interp.apps.session" in found
+    assert any(is_plugin(m) for m in found) and any(is_app(m) for m in found)
