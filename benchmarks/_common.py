@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
 COMMIT = "0" * 40
 
-# Qwen/Qwen3-1.7B-Base's public config.json values (huggingface.co/Qwen/Qwen3-1.7B-Base), as Qwen3Config kwargs.
+# Qwen/Qwen3-1.7B-Base's public config.json values (huggingface.co/Qwen/Qwen3-1.7B-Base), as
+# Qwen3Config kwargs.
 QWEN3_1_7B_BASE = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144,
                        num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
                        head_dim=128, max_position_embeddings=32768, tie_word_embeddings=True,

@@ -45,6 +45,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import jsonl_logger, use_checkout_plugins
+
 MODES = ("--small", "--cpu-mid", "--cpu-real")
 SMALL = "--small" in sys.argv
 MID = "--cpu-mid" in sys.argv
@@ -57,7 +59,6 @@ if REAL_CPU:
 if not SMALL:
     os.environ.setdefault("TARGET_L0", "80")
     import clt_load_attribute as clt_bench  # sets HF_HOME / offline before any HF import
-from _common import jsonl_logger, use_checkout_plugins
 
 WORK = Path(os.environ.get("CLT_BENCH_DIR", "/tmp/cltbench"))
 MODEL = "Qwen/Qwen3-1.7B-Base"
@@ -213,7 +214,8 @@ def compare_seed_graphs() -> None:
     record = dict(part="seed", compare=True,
                   same_active_features=torch.equal(up["active_features"], ours["active_features"]),
                   same_selected_features=sel_up == sel_ours, selected=len(sel_up),
-                  selected_in_both=len(common), same_logits=up["logit_tokens"] == ours["logit_tokens"])
+                  selected_in_both=len(common),
+                  same_logits=up["logit_tokens"] == ours["logit_tokens"])
     if A.shape == B.shape and record["same_logits"]:
         rest = list(range(len(sel_up), B.shape[0]))  # error, token and logit nodes
         i_ours = torch.tensor([i for i, _ in common] + rest)

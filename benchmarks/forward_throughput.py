@@ -5,7 +5,8 @@ Qwen3-1.7B-Base shapes (d_model 2048, 28 layers, 16/8 heads, head_dim 128, d_mlp
 ``torch.no_grad()``, logits returned. Four sides, each in its own fresh process, one after the
 other:
 
-  hf_eager:    AutoModelForCausalLM, attn_implementation="eager" (the baseline upstream TL is usually compared with)
+  hf_eager:    AutoModelForCausalLM, attn_implementation="eager" (the baseline upstream TL is
+               usually compared with)
   hf_sdpa:     AutoModelForCausalLM, attn_implementation="sdpa"
   tl_upstream: HookedTransformer.from_pretrained with QWEN_INTERP_FAST_FORWARD=0 (TL's forward)
   tl_ours:     the same model with qwen-interp's default fast forward (fast_forward.py)

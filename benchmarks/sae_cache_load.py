@@ -57,7 +57,8 @@ def child(mode: str) -> None:
         assert loaders.NAMED_PRETRAINED_SAE_LOADERS["qwen_scope"] is \
             loaders.qwen_scope_sae_huggingface_loader
     else:
-        assert type(loaders.NAMED_PRETRAINED_SAE_LOADERS["qwen_scope"]).__name__ == "QwenScopeLoader"
+        loader = loaders.NAMED_PRETRAINED_SAE_LOADERS["qwen_scope"]
+        assert type(loader).__name__ == "QwenScopeLoader"
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) to the current RSS
     rss0, anon0, file0 = _status_kb("VmRSS"), _status_kb("RssAnon"), _status_kb("RssFile")
     t0 = time.perf_counter()
@@ -133,7 +134,8 @@ def main() -> None:
     }
     report["speedup"] = report["plain_s"] / report["cached_s"]
     # Peak RSS is counted in pages; a rise below 1 MB is reported as 1 MB (ratio is then a floor).
-    report["peak_memory_ratio"] = report["plain_peak_rise_mb"] / max(report["cached_peak_rise_mb"], 1.0)
+    report["peak_memory_ratio"] = (report["plain_peak_rise_mb"]
+                                   / max(report["cached_peak_rise_mb"], 1.0))
     jsonl_logger("sae_cache_load.jsonl")(**report)
 
 

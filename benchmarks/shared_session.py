@@ -21,6 +21,7 @@ $OUT/shared_session.jsonl. Run on the GPU machine (see benchmarks/README.md):
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import sys
@@ -188,8 +189,10 @@ def main() -> None:
     for sae in saes:
         session.add_sae(sae)
     load_s = time.time() - t0
-    dt, shared = bench(lambda: session.run(tokens))
-    dt_sparse, _ = bench(lambda: session.run(tokens, sparse=True))
+    # partial, not a lambda over `session`: linters take the `del session` below to leave the
+    # lambda's name undefined
+    dt, shared = bench(functools.partial(session.run, tokens))
+    dt_sparse, _ = bench(functools.partial(session.run, tokens, sparse=True))
     shared_peak = gpu_bytes(peak=True) - base
     shared_out = (shared.logits.float().log_softmax(-1)[:, -1].cpu(),
                   shared.clt_features[:, :, 1:].float().cpu(),
@@ -232,7 +235,8 @@ def main() -> None:
         # at positions >= 1 (the session zeroes position 0 of every row).
         clt=float((clt_acts[:, 1:, 1:].float().cpu() - shared_out[1][:, 1:]).abs().max()),
         clt_reference_max_abs=float(clt_acts[:, 1:, 1:].float().abs().max()),
-        sae={n: sae_agreement(cache[f"blocks.{n}.hook_resid_post.hook_sae_acts_post"].float().cpu(), v)
+        sae={n: sae_agreement(
+                 cache[f"blocks.{n}.hook_resid_post.hook_sae_acts_post"].float().cpu(), v)
              for n, v in shared_out[2].items()})
     log(phase="compare", small=SMALL, speedup=round(dt_sep / dt, 2),
         peak_ratio=round(sep_peak / shared_peak, 2) if shared_peak else None, max_abs_diff=diffs)

@@ -12,7 +12,8 @@ from circuit_tracer import ReplacementModel, attribute
 from qwen_interp.apps.trace import SEED_PROMPT, top_nodes
 
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-model = ReplacementModel.from_pretrained("Qwen/Qwen3-1.7B-Base", "bluelightai/clt-qwen3-1.7b-base-20k",
+model = ReplacementModel.from_pretrained("Qwen/Qwen3-1.7B-Base",
+                                         "bluelightai/clt-qwen3-1.7b-base-20k",
                                          device=device, dtype=torch.bfloat16)
 graph = attribute(SEED_PROMPT, model, batch_size=256, max_feature_nodes=8192)
 for target, p in zip(graph.logit_targets, graph.logit_probabilities.tolist()):

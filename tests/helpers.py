@@ -55,10 +55,10 @@ def run_cli_in_process(args, capsys, monkeypatch, env: dict | None = None,
                        cwd=None) -> subprocess.CompletedProcess:
     """``qwen-interp ARGS`` through ``qwen_interp.apps.cli.main`` in this process: the exit code,
     stdout and stderr a console-script run gives, without starting an interpreter (seconds each).
-    stderr also gets the log records and warnings a fresh process would print there, so
-    one-line-error checks stay as strict. Only for commands that need no fresh process: not for
-    `trace` on the demo Hub (it sets HF_HOME before huggingface_hub is imported) nor for
-    settings read at import (QWEN_INTERP_PLUGINS)."""
+    stderr also gets what a fresh process would print there for warnings and for WARNING records
+    that reach the root logger (qwen-interp's), so one-line-error checks stay as strict. Only for
+    commands that need no fresh process: not for `trace` on the demo Hub (it sets HF_HOME before
+    huggingface_hub is imported) nor for settings read at import (QWEN_INTERP_PLUGINS)."""
     from qwen_interp.apps.cli import main
     capsys.readouterr()  # only this command's output
     handler = _StderrRecords()

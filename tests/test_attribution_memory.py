@@ -181,6 +181,7 @@ def test_partial_influences_match_upstream_in_small_column_blocks():
                        torch.argsort(ref[:n_feat], descending=True)[:60])
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_deactivate_restores_upstream_and_activation_is_idempotent():
     from helpers import run_python

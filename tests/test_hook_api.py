@@ -272,6 +272,7 @@ def test_hook_register_doctor_checks_every_hook_in_doctor(every_hook, registered
     assert not any(line.startswith("no known-bad versions installed") for line in lines)
 
 
+@pytest.mark.subprocess
 def test_hook_register_upstream_patches_every_hook_installed_as_an_entry_point(tmp_path,
                                                                                 every_hook):
     """The same plugin installed as a distribution: found through the entry-point group."""

@@ -41,6 +41,7 @@ def install_fake_distribution(root: Path) -> None:
     (dist / "entry_points.txt").write_text("[qwen_interp]\nacme = acme_qwen\n")
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_hook_register_models_entry_point_plugin_model_loads(tmp_path, qwen_offline_hub):
     qwen_offline_hub.model(TINY)

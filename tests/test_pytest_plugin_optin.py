@@ -47,11 +47,13 @@ def test_entry_point_is_outside_the_qwen_interp_package():
         "adapters in every pytest session (reinstall after changing pyproject.toml)")
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_project_without_opt_in_sees_upstream_untouched(tmp_path):
     assert run_project(tmp_path) == ["False", "False", "None"]
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.parametrize("ini, args", [("qwen_offline_hub = true", ()),
                                        ("", ("--qwen-offline-hub",))])
@@ -59,6 +61,7 @@ def test_opting_in_arms_the_adapters_offline(tmp_path, ini, args):
     assert run_project(tmp_path, ini=ini, args=args) == ["True", "True", "1"]
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_requesting_a_fixture_opts_that_test_in(tmp_path):
     imported, armed, _ = run_project(tmp_path, fixture=", qwen_registry")

@@ -52,7 +52,9 @@ def tiny(qwen_offline_hub, qwen_registry):
     marker = Path(qwen_offline_hub.hf_home) / "evil-ran"
     qwen_offline_hub.model(qwen_registry.model(MODEL))
     qwen_scope_snapshot(qwen_offline_hub, small, range(3))
-    qwen_scope_snapshot(qwen_offline_hub, other, [0])
+    # Every layer, as test_sae_activations builds this repo id: a snapshot's first build stays
+    # for the session, and under pytest-xdist either file may run first.
+    qwen_scope_snapshot(qwen_offline_hub, other, range(3))
     qwen_offline_hub.snapshot(evil.repo_id, lambda folder: write_qwen_scope_layer(
         folder / "layer0.sae.pt", {"W_enc": Payload(marker), "W_dec": torch.zeros(1)}))
     plugin = SAEReleasePlugin([small, other, evil])

@@ -66,6 +66,7 @@ print("RESULT " + json.dumps(result))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_real_width_activations_equal_hf_reference(tmp_path, tmp_path_factory, qwen_offline_hub,
                                                   qwen_registry):

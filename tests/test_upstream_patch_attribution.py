@@ -77,6 +77,7 @@ def test_render_has_the_patch_and_ships_the_plugin_modules_unchanged():
         assert "".join(f"+{line}\n" for line in source.splitlines()[:20]) in text
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_patched_release_builds_upstreams_graph_without_plugins(patched_root, clt_dir, tmp_path):
     env = {"QWEN_INTERP_PLUGINS": ""}

@@ -77,6 +77,7 @@ print(json.dumps({{
 """
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_patched_tl_loads_qwen3_moe_without_plugins(patched_tl, moe_checkpoint):
     out = run_python(COMPARE.format(root=patched_tl, name=MOE),
@@ -89,6 +90,7 @@ def test_patched_tl_loads_qwen3_moe_without_plugins(patched_tl, moe_checkpoint):
         assert d[key] <= TOL, (key, d)
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_unpatched_release_without_plugin_cannot_load_qwen3_moe(moe_checkpoint):
     bare = run_python(f"""
@@ -98,6 +100,7 @@ HookedTransformer.from_pretrained({MOE!r}, device="cpu")
     assert bare.returncode != 0 and MOE in bare.stderr, bare.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_moe_plugin_stands_down_on_patched_tl(patched_tl, moe_checkpoint):
     out = run_python(f"""

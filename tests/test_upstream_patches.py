@@ -29,6 +29,7 @@ def test_render_lists_every_patch_with_a_diff():
     assert "+++ b/transformer_lens/loading_from_pretrained.py" in text
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_patched_transformer_lens_loads_qwen3_base_without_plugins(
         patched_transformer_lens, qwen_offline_hub, qwen_registry):
@@ -198,6 +199,7 @@ print(json.dumps(acts.tolist()))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_patched_circuit_tracer_nnsight_resid_mid_without_plugins(patched_release, qwen_offline_hub,
                                                                    qwen_registry):
@@ -242,6 +244,7 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_patched_sae_lens_refuses_malicious_qwen_scope_pickle_without_plugins(tmp_path,
                                                                              patched_release):
@@ -287,6 +290,7 @@ print(json.dumps([status, before == dict(m._REGISTRY["Qwen3ForCausalLM"].feature
     assert unchanged
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_saelens_plugin_says_when_upstream_reads_weights_only(patched_release):
     root = str(patched_release("sae-lens"))

@@ -87,7 +87,7 @@ class ActiveDecoders:
 
     @classmethod
     def from_transcoder(cls, transcoder, features: torch.Tensor,
-                        workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> "ActiveDecoders":
+                        workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> ActiveDecoders:
         """``features``: the coalesced sparse (n_layers, n_pos, d_transcoder) activation matrix of
         ``CrossLayerTranscoder.encode_sparse``."""
         layer_idx, pos_idx, feat_idx = features.indices()
@@ -141,7 +141,8 @@ class ActiveDecoders:
         for src in self.sources:
             n_out = self.n_layers - src.layer
             out_layers = torch.arange(src.layer, self.n_layers, device=src.positions.device)
-            vecs.append((src.rows[src.inverse] * src.values[:, None, None]).reshape(-1, self.d_model))
+            vecs.append((src.rows[src.inverse] * src.values[:, None, None])
+                        .reshape(-1, self.d_model))
             locations.append(torch.stack((out_layers.repeat(len(src.values)),
                                           src.positions.repeat_interleave(n_out))))
             node_ids.append(src.node_ids.repeat_interleave(n_out))
@@ -163,6 +164,7 @@ class ActiveDecoders:
             recon = torch.zeros(self.n_layers * self.n_pos, d, device=b_dec.device,
                                 dtype=b_dec.dtype)
         else:
+            assert self.flat_rows is not None  # there are rows whenever there are sources
             dtype = torch.promote_types(self.flat_rows.dtype, self._values.dtype)
             recon = torch.zeros(self.n_layers * self.n_pos, d, device=self.flat_rows.device,
                                 dtype=dtype)
@@ -188,7 +190,8 @@ class ActiveDecoders:
                     out_layer = self._layer[rep] + (
                         torch.arange(len(rep), device=rep.device)
                         - torch.repeat_interleave(starts, counts))
-                    vecs = self.flat_rows[self._first_row[rep] + out_layer] * self._values[rep, None]
+                    vecs = (self.flat_rows[self._first_row[rep] + out_layer]
+                            * self._values[rep, None])
                     block = torch.zeros(self.n_layers * (p1 - p0), d, device=recon.device,
                                         dtype=dtype)
                     block.index_add_(0, out_layer * (p1 - p0) + self._pos[rep] - p0, vecs)
@@ -210,6 +213,7 @@ class ActiveDecoders:
         width = self.widths[out_layer]
         if width == 0:
             return
+        assert self.flat_rows is not None  # there are rows whenever there are sources
         batch, d = grads.shape[0], self.d_model
         g = grads.to(self.flat_rows.dtype)
         # per position: gathered rows and the padded block (width x d), scores (width x batch)

@@ -29,6 +29,9 @@ import contextvars
 import functools
 import importlib
 import importlib.util
+import types
+from collections.abc import Mapping
+from typing import Any
 
 from qwen_interp import settings
 from qwen_interp.adapters import AdapterBase, AlreadyUpstream, Part
@@ -112,7 +115,9 @@ def tl_forward_pass(original):
 
 # State of the attribute() call in progress: its ``offload`` argument, and the row sums of its
 # edge matrix (rows are final once ranked, so each is summed once per call, not per update).
-_CALL: contextvars.ContextVar[dict] = contextvars.ContextVar("attribute_call", default={})
+# Outside a call: an empty, read-only mapping.
+_CALL: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "attribute_call", default=types.MappingProxyType({}))
 
 
 def bounded_influences_fn(original):

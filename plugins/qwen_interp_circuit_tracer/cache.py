@@ -20,8 +20,8 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from qwen_interp import paths
 from qwen_interp.atomic import HASH_NAME, build_folder, file_digest

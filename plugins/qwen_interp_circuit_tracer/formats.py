@@ -44,8 +44,8 @@ def read_config_yaml(folder: Path) -> dict:
 
 def load_hub_layout(folder, release: TranscoderRelease | None = None, registry=None,
                     model_name: str | None = None, scan=None, **load_kwargs):
-    """Validate then load a circuit-tracer-layout folder into a CrossLayerTranscoder. Hooks and model come from its
-    ``config.yaml``, else from the release, else the caller."""
+    """Validate then load a circuit-tracer-layout folder into a CrossLayerTranscoder. Hooks and
+    model come from its ``config.yaml``, else from the release, else the caller."""
     folder = Path(folder)
     cfg = read_config_yaml(folder)
     in_hook = cfg.get("feature_input_hook") or (release and release.feature_input_hook)
@@ -54,7 +54,7 @@ def load_hub_layout(folder, release: TranscoderRelease | None = None, registry=N
         raise TranscoderValidationError(folder / "config.yaml", "feature_input_hook",
                                         "no config.yaml hooks and no registered release to "
                                         "take them from")
-    model = model_name or cfg.get("model_name") or (release and release.model_repo_id)
+    model = model_name or cfg.get("model_name") or (release.model_repo_id if release else None)
     validate_hub_layout(folder, model_facts(model, registry))
     activation = cfg.get("activation")
     if activation not in (None, "relu", "jump_relu", "jumprelu", "topk", "topk_all"):
@@ -80,7 +80,7 @@ def convert_native_folder(folder, release: TranscoderRelease | None = None, regi
     it the first time). Nothing is written if validation fails."""
     hooks = (release.feature_input_hook, release.feature_output_hook) if release else None
     cfg = native.read_native_config(folder, default_hooks=hooks)
-    model = model_name or cfg.base_model_name or (release and release.model_repo_id)
+    model = model_name or cfg.base_model_name or (release.model_repo_id if release else None)
     facts = model_facts(model, registry)
     native.validate_native(cfg, facts)  # n_layers is the base model's: checked against facts
     files = ["model_config.json", *cfg.files]  # the files read (a missing listed one is skipped)

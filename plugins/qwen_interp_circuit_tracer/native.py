@@ -320,8 +320,8 @@ def _state_key(path: Path, key: str, decoders: str, index: dict | None) -> str:
         return LAYER_KEYS[key]
     parts = key.split("_")
     try:
-        param, _, layer = parts
-        layer = int(layer)
+        param, _, layer_text = parts
+        layer = int(layer_text)
     except ValueError:
         raise TranscoderValidationError(path, key, f"unknown key: neither one of "
                                         f"{list(LAYER_KEYS)} nor <param>_<name>_<layer> "

@@ -46,7 +46,8 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
                                  f"{size} bytes")
             header = json.loads(f.read(n))
     except (OSError, ValueError) as exc:
-        raise TranscoderValidationError(path, None, f"not a readable safetensors file ({exc})") from None
+        raise TranscoderValidationError(path, None,
+                                        f"not a readable safetensors file ({exc})") from None
     if not isinstance(header, dict):
         raise TranscoderValidationError(path, None, "not a safetensors file: the header is a "
                                         f"JSON {type(header).__name__}, expected an object")
@@ -97,7 +98,7 @@ def _entry(path: Path, name: str, meta) -> tuple[TensorInfo, tuple[int, int]]:
     if stop - start != nbytes:
         raise bad(f"data_offsets [{start}, {stop}] hold {stop - start} bytes, but {dtype} "
                   f"{shape} needs {nbytes}")
-    return TensorInfo(DTYPES.get(dtype, dtype), tuple(shape)), (start, stop)
+    return TensorInfo(DTYPES.get(dtype) or dtype, tuple(shape)), (start, stop)
 
 
 def _count(x) -> bool:

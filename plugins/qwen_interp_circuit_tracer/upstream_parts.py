@@ -1,6 +1,6 @@
 """Which parts of this plugin circuit-tracer already ships (qwen-interp's upstream patches in
-``upstream_patches*.py`` in this plugin), so the plugin stands down for them instead of applying them
-twice. Detection reads only what is installed: a module's presence, a method's source."""
+``upstream_patches*.py`` in this plugin), so the plugin stands down for them instead of applying
+them twice. Detection reads only what is installed: a module's presence, a method's source."""
 
 from __future__ import annotations
 

@@ -138,8 +138,8 @@ def validate_hub_layout(folder: str | Path, model: ModelFacts | None = None) -> 
         enc = folder / f"W_enc_{layer}.safetensors"
         dec = folder / f"W_dec_{layer}.safetensors"
         h = read_header(enc)
-        for name, shape in ((f"W_enc_{layer}", (d_latent, d_model)), (f"b_enc_{layer}", (d_latent,)),
-                            (f"b_dec_{layer}", (d_model,))):
+        for name, shape in ((f"W_enc_{layer}", (d_latent, d_model)),
+                            (f"b_enc_{layer}", (d_latent,)), (f"b_dec_{layer}", (d_model,))):
             _expect(enc, name, h.get(name), shape, f"layer {layer}")
         if has_threshold:
             _expect(enc, f"threshold_{layer}", h.get(f"threshold_{layer}"), (d_latent,),

@@ -142,7 +142,8 @@ QWEN3_FAMILY = ModelFamily(
     stand_in=qwen3_stand_in)
 QWEN3_MOE_FAMILY = ModelFamily(
     QWEN3_MOE, hf_config_class="Qwen3MoeConfig", hook_names=QWEN3_MOE_HOOKS,
-    capabilities=frozenset({HOOKED_TRANSFORMER, TL_MOE, TL_FAST_FORWARD}), stand_in=qwen3_moe_stand_in)
+    capabilities=frozenset({HOOKED_TRANSFORMER, TL_MOE, TL_FAST_FORWARD}),
+    stand_in=qwen3_moe_stand_in)
 
 
 @hookimpl

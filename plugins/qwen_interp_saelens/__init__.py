@@ -36,7 +36,8 @@ from .steering import clamp, steer, suppress
 __all__ = ["QWEN_SCOPE_RELEASES", "LayerLocation", "SAEFileError", "SAELensAdapter",
            "SAEModelMismatchError", "SAEReleaseListing", "UnsafeCheckpointError", "cache_root",
            "check_sae_fits_model", "clamp", "format_sae_releases", "list_sae_releases",
-           "load_sae", "load_sae_from_dir", "sae_cache_dir", "steer", "suppress"]
+           "load_sae", "load_sae_from_dir", "sae_cache_dir", "sae_config", "steer",
+           "suppress"]
 
 
 def _lookup(cls, release) -> object:
@@ -147,6 +148,7 @@ class SAELensAdapter(AdapterBase):
             raise NothingToChange("this SAELens has no config-getter table")
         if getters.get(QWEN_SCOPE) is not None:
             raise AlreadyUpstream("SAELens's own getter, for its releases")
+        assert self.loader is not None  # activate() makes it before the parts are applied
         patches.setitem(getters, QWEN_SCOPE, self.loader.config)
         return "added (SAELens has none)"
 

@@ -19,9 +19,9 @@ Only torch and safetensors are needed here (no SAELens), so the cache also serve
   damaged file is reported once, deleted and converted again from the source; never returned.
 
 Cache location: ``$QWEN_INTERP_CACHE/saes``, else ``$XDG_CACHE_HOME/qwen-interp/saes``, else
-``~/.cache/qwen-interp/saes``. ``QWEN_INTERP_SAE_CACHE=0`` reads the pickle every time (still safely).
-Cache files are only ever replaced by rename; delete them (``rm``), never truncate or rewrite one
-in place: a process that has it mapped would get SIGBUS.
+``~/.cache/qwen-interp/saes``. ``QWEN_INTERP_SAE_CACHE=0`` reads the pickle every time (still
+safely). Cache files are only ever replaced by rename; delete them (``rm``), never truncate or
+rewrite one in place: a process that has it mapped would get SIGBUS.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ import os
 import pickle
 import re
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from qwen_interp import settings
 from qwen_interp.atomic import (HASH_NAME, digest, file_lock, lock_path, remove_leftovers,
@@ -219,7 +219,8 @@ def open_cached(path: Path, expected: Expected, source=None) -> dict:
     checked against the hash recorded at conversion (first load in this process) and, if
     ``source`` is given, against the source's size and mtime."""
     from safetensors import safe_open
-    want = {"W_enc": (expected.d_model, expected.d_sae), "W_dec": (expected.d_sae, expected.d_model),
+    want = {"W_enc": (expected.d_model, expected.d_sae),
+            "W_dec": (expected.d_sae, expected.d_model),
             "b_enc": (expected.d_sae,), "b_dec": (expected.d_model,)}
     with safe_open(str(path), framework="pt", device="cpu") as f:
         meta = f.metadata() or {}

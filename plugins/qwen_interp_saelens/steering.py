@@ -19,7 +19,7 @@ the hook is removed on exit, also when the body raises::
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from .loader import check_sae_fits_model
 

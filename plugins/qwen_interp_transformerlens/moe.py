@@ -90,7 +90,7 @@ def hooked_transformer_config(hf_config, model_name: str) -> dict[str, Any]:
     head_dim = getattr(hf_config, "head_dim", None) or (
         hf_config.hidden_size // hf_config.num_attention_heads
     )
-    rope_theta = getattr(hf_config, "rope_theta", None)
+    rope_theta: Any = getattr(hf_config, "rope_theta", None)
     if rope_theta is None:  # newer transformers keep it in rope_parameters
         rope_theta = (getattr(hf_config, "rope_parameters", None) or {}).get("rope_theta")
     rope_scaling = getattr(hf_config, "rope_scaling", None)

@@ -21,6 +21,7 @@ import inspect
 import sys
 import textwrap
 from pathlib import Path
+from typing import TypeGuard
 
 from qwen_interp.upstream_patches import UpstreamLayoutChanged
 
@@ -32,6 +33,8 @@ QWEN3 = "transformer_lens/pretrained/weight_conversions/qwen3.py"
 CONVERSIONS = "transformer_lens/pretrained/weight_conversions/__init__.py"
 LOADING = "transformer_lens/loading_from_pretrained.py"
 HOOKED = "transformer_lens/HookedTransformer.py"
+
+Import = ast.Import | ast.ImportFrom
 
 
 # --- reading the plugin's source ---------------------------------------------------------------
@@ -55,18 +58,24 @@ class _Source:
 
     def node(self, node: ast.stmt) -> str:
         first = min([d.lineno for d in getattr(node, "decorator_list", [])] + [node.lineno])
-        return self.lines(first, node.end_lineno)
+        return self.lines(first, _end(node))
 
 
-def _is_import(node: ast.stmt) -> bool:
+def _end(node: ast.stmt) -> int:
+    """``node.end_lineno``, which ``ast.parse`` always sets (None is for hand-built nodes)."""
+    assert node.end_lineno is not None
+    return node.end_lineno
+
+
+def _is_import(node: ast.stmt) -> TypeGuard[Import]:
     return isinstance(node, (ast.Import, ast.ImportFrom))
 
 
-def _module(node: ast.stmt) -> str:
+def _module(node: Import) -> str:
     return node.names[0].name if isinstance(node, ast.Import) else node.module or ""
 
 
-def _isort_key(node: ast.stmt) -> tuple:
+def _isort_key(node: Import) -> tuple[int, bool]:
     """(section, kind): stdlib / third party / transformer_lens, then ``import`` before ``from``
     (isort's black profile, which TransformerLens uses)."""
     top = _module(node).split(".")[0]
@@ -74,7 +83,7 @@ def _isort_key(node: ast.stmt) -> tuple:
     return section, isinstance(node, ast.ImportFrom)
 
 
-def merge_imports(text: str, imports: list[ast.stmt], src: _Source, path: str) -> str:
+def merge_imports(text: str, imports: list[Import], src: _Source, path: str) -> str:
     """Add to ``text`` (a module) those of ``imports`` it lacks, where isort would put them."""
     tops = [n for n in ast.parse(text).body if _is_import(n)]
     if not tops:
@@ -87,8 +96,8 @@ def merge_imports(text: str, imports: list[ast.stmt], src: _Source, path: str) -
             continue
         group = [n for n in tops if _isort_key(n) == _isort_key(imp)]
         earlier = [n for n in group if _module(n) <= _module(imp)]
-        at = (earlier[-1].end_lineno if earlier else group[0].lineno - 1 if group
-              else tops[-1].end_lineno)
+        at = (_end(earlier[-1]) if earlier else group[0].lineno - 1 if group
+              else _end(tops[-1]))
         inserts.setdefault(at, []).append(src.node(imp))
     for at in sorted(inserts, reverse=True):
         lines[at:at] = inserts[at]
@@ -96,27 +105,30 @@ def merge_imports(text: str, imports: list[ast.stmt], src: _Source, path: str) -
 
 
 # --- the pieces --------------------------------------------------------------------------------
-def moe_block(src: _Source) -> tuple[list[ast.stmt], str, str]:
+def moe_block(src: _Source) -> tuple[list[Import], str, str]:
     """(imports, module-level code, name of the block class) from ``moe_classes()``'s body."""
     body = src.function("moe_classes").body
     ret = body[-1]
     if not (isinstance(ret, ast.Return) and isinstance(ret.value, ast.Tuple)):
         raise UpstreamLayoutChanged("plugin moe_classes() no longer ends by returning its classes")
+    block = ret.value.elts[1]
+    if not isinstance(block, ast.Name):
+        raise UpstreamLayoutChanged("plugin moe_classes() must return its block class by name")
     imports = [n for n in body if _is_import(n)]
     defs = [n for n in body[:-1] if not _is_import(n)]
     if body.index(defs[0]) != len(imports):
         raise UpstreamLayoutChanged("plugin moe_classes(): imports must come first")
     code = "".join("\n\n" + src.node(n) for n in defs)
-    return imports, code, ret.value.elts[1].id
+    return imports, code, block.id
 
 
-def conversion(src: _Source) -> tuple[list[ast.stmt], str]:
+def conversion(src: _Source) -> tuple[list[Import], str]:
     """(imports, source) of ``convert_qwen3_moe_weights`` with its local imports taken out."""
     fn = src.function("convert_qwen3_moe_weights")
     imports = [n for n in fn.body if _is_import(n)]
-    skip = {i for n in imports for i in range(n.lineno, n.end_lineno + 1)}
+    skip = {i for n in imports for i in range(n.lineno, _end(n) + 1)}
     lines = [line for i, line in enumerate(src.text.splitlines(keepends=True), 1)
-             if fn.lineno <= i <= fn.end_lineno and i not in skip]
+             if fn.lineno <= i <= _end(fn) and i not in skip]
     return imports, "".join(lines)
 
 
@@ -129,7 +141,7 @@ def config_branch(src: _Source) -> str:
             and ret.value.id == "cfg_dict"):
         raise UpstreamLayoutChanged("plugin hooked_transformer_config must end with "
                                     "return cfg_dict")
-    body = src.lines(doc.end_lineno + 1, ret.lineno - 1).rstrip() + "\n"
+    body = src.lines(_end(doc) + 1, ret.lineno - 1).rstrip() + "\n"
     return f'    elif architecture == "{ARCHITECTURE}":\n' + textwrap.indent(body, " " * 8)
 
 

@@ -22,8 +22,9 @@ subclassing :class:`AdapterBase` is the short way.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from . import import_watch
 from .patching import PatchSet

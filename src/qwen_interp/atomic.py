@@ -18,8 +18,12 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ def temp_folder(final: Path) -> Path:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path):
+def file_lock(path: Path) -> Iterator[None]:
     """Advisory exclusive lock on ``path`` (POSIX ``flock``); a no-op where fcntl is missing.
 
     The holder deletes the lock file before releasing it, so lock files do not accumulate. That
@@ -59,7 +63,7 @@ def file_lock(path: Path):
 
 
 @contextlib.contextmanager
-def try_lock(path: Path):
+def try_lock(path: Path) -> Iterator[bool]:
     """Like ``file_lock`` without waiting: yields True if the lock was free and is now held."""
     fh = _acquire(path, blocking=False)
     try:
@@ -68,7 +72,7 @@ def try_lock(path: Path):
         _release(path, fh)
 
 
-def _acquire(path: Path, blocking: bool):
+def _acquire(path: Path, blocking: bool) -> BinaryIO | None:
     try:
         import fcntl
     except ImportError:  # not POSIX
@@ -91,7 +95,7 @@ def _acquire(path: Path, blocking: bool):
             return None
 
 
-def _release(path: Path, fh) -> None:
+def _release(path: Path, fh: BinaryIO | None) -> None:
     if fh is None:
         return
     with contextlib.suppress(FileNotFoundError):
@@ -180,7 +184,7 @@ def build_folder(final: Path, build: Callable[[Path], None], lock: Path | None =
 HASH_NAME = "xxh3_128"
 
 
-def digest(buffers) -> str:
+def digest(buffers: Iterable[Buffer]) -> str:
     """Hash of the concatenated ``buffers`` (bytes-like objects, e.g. numpy arrays)."""
     import xxhash
     h = xxhash.xxh3_128()

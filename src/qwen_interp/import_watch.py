@@ -12,7 +12,9 @@ import importlib.abc
 import importlib.util
 import sys
 import threading
-from typing import Callable
+import types
+from collections.abc import Callable, Sequence
+from importlib.machinery import ModuleSpec
 
 _lock = threading.RLock()
 
@@ -23,7 +25,8 @@ class _Finder(importlib.abc.MetaPathFinder):
         self.before_any_import: Callable[[], None] | None = None
         self._busy: set[str] = set()
 
-    def find_spec(self, fullname, path=None, target=None):
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: types.ModuleType | None = None) -> ModuleSpec | None:
         if self.before_any_import is not None and "*" not in self._busy:
             self._busy.add("*")
             try:
@@ -45,11 +48,12 @@ class _Finder(importlib.abc.MetaPathFinder):
         watched = copy.copy(original)
         finder = self
 
-        def exec_module(module):
+        def exec_module(module: types.ModuleType) -> None:
             original.exec_module(module)
             finder.fire(fullname)
 
-        watched.exec_module = exec_module
+        # This copy's own exec_module, shadowing the class's: the other loaders stay as they are.
+        watched.exec_module = exec_module  # type: ignore[method-assign]
         spec.loader = watched
         return spec
 

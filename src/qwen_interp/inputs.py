@@ -5,6 +5,8 @@ and what was expected, before the model runs or any weight is loaded."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from .errors import InputError
 
 # Accepted dtype spellings: TransformerLens's own (DTYPE_FROM_STRING) plus torch's names.
@@ -17,7 +19,7 @@ N_CTX_HINT = ("raise n_ctx with QWEN_INTERP_N_CTX=N or from_pretrained(..., n_ct
               "checkpoint's max_position_embeddings), or shorten the prompt")
 
 
-def torch_dtype(value, what: str = "dtype"):
+def torch_dtype(value: Any, what: str = "dtype") -> Any:
     """``value`` as a torch floating-point dtype: a torch.dtype, or a name such as "bfloat16",
     "bf16", "float32" or "torch.float16". None stays None (the tool's default)."""
     import torch
@@ -31,7 +33,7 @@ def torch_dtype(value, what: str = "dtype"):
                      f"{sorted(_DTYPE_NAMES)} (also with a 'torch.' prefix)")
 
 
-def check_prompt(prompt, what: str = "prompt") -> None:
+def check_prompt(prompt: object, what: str = "prompt") -> None:
     """Refuse prompts no tokenizer can read (bytes, lone surrogates) and empty prompts (no
     position to read features at or to attribute from)."""
     if isinstance(prompt, (bytes, bytearray)):

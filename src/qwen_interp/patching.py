@@ -56,12 +56,12 @@ class PatchSet:
         (for tests that compare upstream before and after)."""
         return [(obj, key) for kind, obj, key, _ in self._undo if kind == "attr"]
 
-    def append(self, target: list, item: Any) -> None:
+    def append(self, target: list[Any], item: Any) -> None:
         """Append ``item`` to a list in place (upstream modules import the list object itself)."""
         target.append(item)
         self._undo.append(("append", target, item, None))
 
-    def setitem(self, target: dict, key: Any, value: Any) -> None:
+    def setitem(self, target: dict[Any, Any], key: Any, value: Any) -> None:
         self._undo.append(("item", target, key, target.get(key, _MISSING)))
         target[key] = value
 

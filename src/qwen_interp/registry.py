@@ -217,9 +217,6 @@ def _meaning_problem(record: Any) -> str | None:
         if record.hook_names.architecture != record.architecture:
             return (f"ModelFamily {record.architecture!r} has hook_names for "
                     f"{record.hook_names.architecture!r}; they must name the same architecture")
-        odd = [c for c in record.capabilities if not isinstance(c, str)]
-        if odd:
-            return f"ModelFamily.capabilities must be strings, got {_short(odd[0])}"
     if isinstance(record, (Command, DoctorCheck)) and (not record.name or
                                                        record.name.split() != [record.name]):
         return (f"{type(record).__name__}.name must be one word, without spaces, got "
@@ -267,6 +264,8 @@ def _matches(value: Any, tp: Any) -> bool:
     if origin is dict:
         return isinstance(value, dict) and all(
             _matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+    if origin in (frozenset, set):
+        return isinstance(value, origin) and all(_matches(v, args[0]) for v in value)
     if origin is collections.abc.Callable:
         return callable(value)
     return isinstance(value, tp) if isinstance(tp, type) else True

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class ModelFamily:
     architecture: str
     hf_config_class: str
     hook_names: HookNameMap
-    capabilities: frozenset = frozenset()
+    capabilities: frozenset[str] = frozenset()
     stand_in: Callable[..., Any] | None = None
 
 
@@ -113,7 +114,7 @@ class DoctorCheck:
     each (an empty list: all is well). Any problem makes doctor exit non-zero."""
 
     name: str
-    run: Callable[[], list]
+    run: Callable[[], list[str]]
 
 
 @dataclass(frozen=True)

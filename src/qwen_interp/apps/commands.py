@@ -89,8 +89,8 @@ def run_models(args: argparse.Namespace) -> int:
     for rel in reg.transcoder_releases.values():
         print(f"  {rel.repo_id:40} for {rel.model_repo_id}  aliases: {', '.join(rel.aliases)}")
     print("SAE releases:")
-    for rel in reg.sae_releases.values():
-        print(f"  {rel.release:42} {rel.repo_id}")
+    for sae in reg.sae_releases.values():
+        print(f"  {sae.release:42} {sae.repo_id}")
     return 0
 
 

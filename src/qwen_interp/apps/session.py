@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 
 RESID_POST = "resid_post"
 
 
-@functools.lru_cache(maxsize=None)
-def shared_model_class(with_clt: bool) -> type:
+@functools.cache
+def shared_model_class(with_clt: bool) -> type[Any]:
     """The one model class: circuit-tracer's TL replacement model *and* SAELens's
     HookedSAETransformer (both subclass HookedTransformer), or the latter alone without a CLT."""
     from sae_lens import HookedSAETransformer
@@ -59,7 +60,7 @@ class Session:
     @classmethod
     def from_pretrained(cls, model_name: str, transcoder: str | None = None, *,
                         device: str | torch.device | None = None, dtype=torch.float32,
-                        lazy_decoder: bool = True, **kwargs) -> "Session":
+                        lazy_decoder: bool = True, **kwargs) -> Session:
         """Load ``model_name`` once; attach the CLT ``transcoder`` (repo id, alias or folder) if
         given. Weights are processed as circuit-tracer does (no folding or centring), so every
         hook value equals HF transformers'."""
@@ -149,7 +150,8 @@ class Session:
                                             out=sae_out, layer=layer, sparse=sparse)))
         stop = None if logits else max([*clt_layers, *sae_layers], default=-1) + 1
         with self.model.hooks(fwd_hooks=hooks):
-            result = self.model(tokens, stop_at_layer=stop) if stop is not None else self.model(tokens)
+            result = (self.model(tokens, stop_at_layer=stop) if stop is not None
+                      else self.model(tokens))
         clt_features = None
         if clt_layers:
             stacked = [clt_out[layer] for layer in clt_layers]
@@ -195,7 +197,8 @@ class Session:
         try:
             return self.saes[layer]
         except KeyError:
-            raise KeyError(f"no SAE attached at layer {layer}; attached: {sorted(self.saes)}") from None
+            raise KeyError(f"no SAE attached at layer {layer}; attached: "
+                           f"{sorted(self.saes)}") from None
 
 
 def _select(choice, default) -> list[int]:
@@ -208,7 +211,8 @@ def _select(choice, default) -> list[int]:
 
 def _layer_of(hook_name: str) -> int:
     parts = hook_name.split(".")
-    if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit() or parts[2] != "hook_resid_post":
+    if (len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit()
+            or parts[2] != "hook_resid_post"):
         raise ValueError(f"SAE hook {hook_name!r}: a session attaches SAEs at "
                          "blocks.{n}.hook_resid_post (Qwen-Scope's hook point)")
     return int(parts[1])

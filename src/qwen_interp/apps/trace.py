@@ -170,7 +170,8 @@ def viewer_hint(out_dir: str | Path, slug: str = "qwen-trace") -> list[str]:
             f"view them: circuit-tracer start-server --graph_file_dir {out_dir}  (then open "
             f"http://localhost:{VIEWER_PORT}; the page loads its scripts from "
             "transformer-circuits.pub and unpkg.com, so it needs internet access)",
-            f"offline: from circuit_tracer.graph import Graph; Graph.from_pt('{out_dir}/{slug}.pt')"]
+            "offline: from circuit_tracer.graph import Graph; "
+            f"Graph.from_pt('{out_dir}/{slug}.pt')"]
 
 
 def check_output_dir(out_dir: str | Path) -> Path:

@@ -95,7 +95,7 @@ def apply(distribution: str,
     not (already upstream, or not applicable to this tree)."""
     import qwen_interp
     reg = qwen_interp.registry()
-    applied = []
+    applied: list[tuple[Patch, dict[str, tuple[str | None, str]], str]] = []
     for patch in project(distribution).patches:
         try:
             edits = patch.apply(root, reg)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported where the tensors are made, not at import
     import torch
@@ -144,7 +144,8 @@ def write_native(folder, raw: RawCLT, *, layout: str = "single_file", config_ver
             N = in_manifest[i] if in_manifest is not None else i
             files.append(f"layer_{N}.safetensors")
             save_file({f"W_dec_{N}": sd[f"decoder.decoders.{i}.W"]}, str(folder / files[-1]))
-        manifest = {"format": "layer_weights", "decoder_type": decoder_layout, "files": files}
+        manifest: dict[str, Any] = {"format": "layer_weights", "decoder_type": decoder_layout,
+                                    "files": files}
         if in_manifest is not None:
             manifest["layer_indices"] = in_manifest
         (folder / "manifest.json").write_text(json.dumps(manifest))

@@ -17,6 +17,7 @@ import shutil
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from qwen_interp.atomic import build_folder
 from qwen_interp.specs import ModelFamily, ModelSpec, TranscoderRelease
@@ -59,7 +60,9 @@ def small_config(spec: ModelSpec, n_layers: int | None = None):
     hidden/heads, tying, the real vocabulary, rope theta, eps, context), from the recipe of the
     model family's plugin (``ModelFamily.stand_in``); ``n_layers`` None: the recipe's default."""
     family = stand_in_family(spec)
-    config = family.stand_in(spec) if n_layers is None else family.stand_in(spec, n_layers)
+    stand_in = family.stand_in
+    assert stand_in is not None  # stand_in_family refuses a family without one
+    config = stand_in(spec) if n_layers is None else stand_in(spec, n_layers)
     if type(config).__name__ != family.hf_config_class:
         raise TypeError(f"the stand-in recipe of {spec.architecture} returned a "
                         f"{type(config).__name__}; its family's hf_config_class is "
@@ -181,7 +184,7 @@ def mlp_inputs(model_dir: Path, token_ids: list[int]):
     import torch
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    captured = {}
+    captured: dict[int, Any] = {}
     hooks = [layer.mlp.register_forward_hook(
         lambda mod, args, out, i=i: captured.__setitem__(i, args[0][0].detach()))
         for i, layer in enumerate(model.model.layers)]
