@@ -63,8 +63,9 @@ print("Qwen/Qwen3-8B-Base" in OFFICIAL_MODEL_NAMES)
 
 
 @pytest.mark.subprocess
-@pytest.mark.parametrize("allowed, expected", [("", []), ("qwen3", ["qwen3"]),
-                                               ("qwen3, transformerlens", ["qwen3", "transformerlens"])])
+@pytest.mark.parametrize("allowed, expected", [
+    ("", []), ("qwen3", ["qwen3"]),
+    ("qwen3, transformerlens", ["qwen3", "transformerlens"])])
 def test_env_var_limits_autoload(allowed, expected):
     out = run_python("""
 import json, qwen_interp

@@ -88,7 +88,8 @@ def test_lifecycle_reports_one_status_per_part_as_data(upstream):
     got = states(adapter)
     assert got["greet"] == (BRIDGED, "greet shouts")
     assert got["probe-says-upstream"] == (UPSTREAM, "upstream already has it")
-    assert got["breaks"][0] == FAILED and "RuntimeError: upstream changed under us" in got["breaks"][1]
+    assert (got["breaks"][0] == FAILED
+            and "RuntimeError: upstream changed under us" in got["breaks"][1])
     assert got["already"] == (UPSTREAM, "upstream has TABLE['c']")
     assert got["nothing"] == (INACTIVE, "no such class in this release")
     assert got["later"] == (INACTIVE, "qwen_interp_test_not_yet_imported not imported")

@@ -158,7 +158,8 @@ def test_partial_influences_match_upstream_in_small_column_blocks():
     n_cols = n_feat + n_other + n_logits
     visited = torch.randperm(n_feat, generator=g)[:120]
     rows = torch.cat([torch.arange(n_feat + n_other, n_cols), visited]).to(torch.int32)
-    E = torch.randn(len(rows), n_cols, generator=g) * (torch.rand(len(rows), n_cols, generator=g) < 0.3)
+    E = (torch.randn(len(rows), n_cols, generator=g)
+         * (torch.rand(len(rows), n_cols, generator=g) < 0.3))
     E[:, n_feat + n_other:] = 0  # nothing points at a logit
     for i, node in enumerate(rows.tolist()):  # a feature reads only from lower-numbered nodes
         if node < n_feat:
@@ -244,7 +245,8 @@ def test_compute_attribution_components_keeps_upstreams_contract(models, monkeyp
     from circuit_tracer.transcoder.cross_layer_transcoder import CrossLayerTranscoder
     monkeypatch.setenv("QWEN_INTERP_BOUNDED_ATTRIBUTION", "1")
     clt = models["transformerlens"].transcoders
-    upstream = CrossLayerTranscoder.__dict__["compute_attribution_components"].__qwen_interp_original__
+    upstream = (CrossLayerTranscoder.__dict__["compute_attribution_components"]
+                .__qwen_interp_original__)
     inputs = torch.randn(clt.n_layers, 12, clt.d_model, generator=torch.Generator().manual_seed(1))
     ours = clt.compute_attribution_components(inputs)
     ref = upstream(clt, inputs)

@@ -235,7 +235,7 @@ def test_attribute_and_session_with_clt_refuse_long_prompts(rm, session):
     with pytest.raises(InputError, match=rf"prompt is \d+ tokens, longer than "
                                          rf"the model's context n_ctx={N_CTX}"):
         attribute(LONG, rm)
-    with pytest.raises(InputError, match=rf"is \d+ tokens, longer than the model's context"):
+    with pytest.raises(InputError, match=r"is \d+ tokens, longer than the model's context"):
         session.run(LONG)
 
 

@@ -10,7 +10,8 @@ import torch
 from helpers import SEED_PROMPT
 
 
-def test_hook_register_transcoder_releases_replacement_model_by_repo_id(qwen_offline_hub, qwen_registry):
+def test_hook_register_transcoder_releases_replacement_model_by_repo_id(
+        qwen_offline_hub, qwen_registry):
     from circuit_tracer import ReplacementModel, attribute
     release = qwen_registry.transcoder_release("bluelightai/clt-qwen3-1.7b-base-20k")
     assert release.model_repo_id == "Qwen/Qwen3-1.7B-Base"

@@ -18,8 +18,8 @@ def run_cli(*args, env=None, tmp_path=None):
     fixture, which runs the same ``main`` in this process."""
     import os
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "qwen_interp.apps.cli", *args], capture_output=True,
-                          text=True, env=full_env, timeout=600, cwd=tmp_path)
+    return subprocess.run([sys.executable, "-m", "qwen_interp.apps.cli", *args],
+                          capture_output=True, text=True, env=full_env, timeout=600, cwd=tmp_path)
 
 
 def test_doctor_reports_stack_plugins_and_bridged_gaps(cli):

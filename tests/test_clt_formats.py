@@ -95,7 +95,8 @@ def check_clt(clt, raw, activation, cover, n_model, atol=1e-5):
 @pytest.mark.parametrize("decoder_layout", ["input_layer", "output_layer"])
 @pytest.mark.parametrize("config_version", [1, 2])
 @pytest.mark.parametrize("layout", ["single_file", "layer_weights"])
-def test_native_formats_match_formulas(tmp_path, layout, config_version, decoder_layout, activation):
+def test_native_formats_match_formulas(tmp_path, layout, config_version, decoder_layout,
+                                       activation):
     raw = random_clt(N, D, F, seed=1)
     src = write_native(tmp_path / "src", raw, layout=layout, config_version=config_version,
                        decoder_layout=decoder_layout, activation=activation,

@@ -2,8 +2,8 @@
 
 The expected values come from an independent implementation: BluelightAI's reference loader
 (inference-clt, MIT), vendored verbatim as ``tests/reference/inference_clt.py``. The fixtures are
-written the way that loader reads checkpoints (``qwen_interp.apps.testing.clt_native``: its key names,
-shapes, dtypes, manifest and config defaults). For every layout it reads, features and
+written the way that loader reads checkpoints (``qwen_interp.apps.testing.clt_native``: its key
+names, shapes, dtypes, manifest and config defaults). For every layout it reads, features and
 reconstructions here (circuit-tracer's ``encode``/``encode_sparse``/``encode_layer``/``decode`` on
 the transcoder our loader returns, by path and by registered repo id from the offline Hub) equal
 the reference's ``encode``/``decode`` in fp32; every layout it refuses is refused here with one

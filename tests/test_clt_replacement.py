@@ -1,7 +1,7 @@
 """BluelightAI CLTs in circuit-tracer on the small offline Qwen3-1.7B-Base, both backends.
 
-References: the HF model itself (forward hooks), the formulas of docs/formats.md on the tensors read from
-the CLT files, and circuit-tracer's own invariants.
+References: the HF model itself (forward hooks), the formulas of docs/formats.md on the tensors
+read from the CLT files, and circuit-tracer's own invariants.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def clt_tensors(folder, n_layers):
 
 
 def formula_acts(enc, xs):
-    """docs/formats.md (circuit-tracer layout): pre = x @ W_enc.T + b_enc; f = pre * (pre > threshold)."""
+    """docs/formats.md (circuit-tracer layout): pre = x @ W_enc.T + b_enc;
+    f = pre * (pre > threshold)."""
     out = []
     for l, x in enumerate(xs):
         e = {k.rsplit("_", 1)[0]: v.float() for k, v in enc[l].items()}

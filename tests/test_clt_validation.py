@@ -275,14 +275,14 @@ def test_crafted_offsets_beyond_file(tmp_path, cache_dir):
 def test_crafted_offsets_do_not_match_shape(tmp_path, cache_dir):
     def edit(h):
         h["b_dec_1"]["shape"] = [3]
-    crafted_case(tmp_path, cache_dir, "b_dec_1", f"but F32 [3] needs 12", edit=edit)
+    crafted_case(tmp_path, cache_dir, "b_dec_1", "but F32 [3] needs 12", edit=edit)
 
 
 def test_header_reader_agrees_with_safetensors(tmp_path):
     """Every crafted file above is also refused by the safetensors library itself, and a
     well-formed one passes both."""
     import torch
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from qwen_interp_circuit_tracer.safetensors_header import read_header
     tensors = {"a": torch.ones(2, 3), "b": torch.zeros(4)}
     good = tmp_path / "good.safetensors"
@@ -297,5 +297,5 @@ def test_header_reader_agrees_with_safetensors(tmp_path):
         from qwen_interp_circuit_tracer import TranscoderValidationError
         with pytest.raises(TranscoderValidationError, match="leaves a gap"):
             read_header(path)
-        with pytest.raises(Exception):
+        with pytest.raises(SafetensorError):
             safe_open(str(path), framework="pt")

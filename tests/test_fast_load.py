@@ -47,7 +47,8 @@ def assert_same(ours, up, ulps_wu: int = 0):
     a, b = ours.state_dict(), up.state_dict()
     assert list(a) == list(b)
     for k in a:
-        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and a[k].device == b[k].device, k
+        assert (a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+                and a[k].device == b[k].device), k
         if ulps_wu and k == "unembed.W_U":
             eps = torch.finfo(a[k].dtype).eps
             tol = ulps_wu * eps * b[k].abs().float().clamp_min(eps)
@@ -156,7 +157,8 @@ qwen_interp.deactivate()
 print(json.dumps(dict(patched=patched is not pristine, again=again is patched,
     restored=restored is pristine, re=re is not pristine and isinstance(re, classmethod),
     final=HookedTransformer.__dict__["from_pretrained"] is pristine,
-    no_subclass_attr="from_pretrained" not in __import__("sae_lens").HookedSAETransformer.__dict__)))
+    no_subclass_attr=("from_pretrained"
+                      not in __import__("sae_lens").HookedSAETransformer.__dict__))))
 """)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == dict(
         patched=True, again=True, restored=True, re=True, final=True, no_subclass_attr=True)

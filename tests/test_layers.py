@@ -67,8 +67,9 @@ def core_files() -> list[Path]:
 
 
 def test_the_layers_are_where_the_folders_say() -> None:
-    assert PLUGIN_NAMES >= {"qwen_interp_qwen3", "qwen_interp_qwen35", "qwen_interp_transformerlens",
-                            "qwen_interp_circuit_tracer", "qwen_interp_saelens"}
+    assert PLUGIN_NAMES >= {"qwen_interp_qwen3", "qwen_interp_qwen35",
+                            "qwen_interp_transformerlens", "qwen_interp_circuit_tracer",
+                            "qwen_interp_saelens"}
     assert (APPS / "__init__.py").is_file()
     assert len(core_files()) >= 10  # the walk below really reads the core
 
@@ -101,3 +102,16 @@ def test_the_import_walk_sees_lazy_and_relative_imports(tmp_path: Path) -> None:
     assert "qwen_interp_saelens" in found
     assert "qwen_interp.apps" in found and "qwen_interp.apps.session" in found
     assert any(is_plugin(m) for m in found) and any(is_app(m) for m in found)
+
+
+@pytest.mark.subprocess
+def test_importing_qwen_interp_imports_no_upstream_tool() -> None:
+    """``import qwen_interp`` arms adapters and builds the registry only: torch and the three
+    tools load when the user imports them (a second of every interpreter start otherwise)."""
+    import subprocess
+    import sys
+    heavy = ("torch", "transformers", "transformer_lens", "circuit_tracer", "sae_lens", "nnsight")
+    code = ("import sys, qwen_interp; qwen_interp.registry(); "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -128,7 +128,8 @@ def test_moe_routing_and_expert_hooks_match_hf(qwen_offline_hub, qwen_registry):
                 if e is not None and hf_key not in seen:  # expert not routed to: neither side ran
                     assert tl_name not in cache, tl_name
                     continue
-                assert tl_name.replace("mlp.hook_in", "ln2.hook_normalized") in tl.hook_dict, tl_name
+                assert (tl_name.replace("mlp.hook_in", "ln2.hook_normalized")
+                        in tl.hook_dict), tl_name
                 if tl_name.endswith("mlp.hook_in"):  # only circuit-tracer's MLP wrapper has it
                     tl_val = cache[f"blocks.{layer}.ln2.hook_normalized"] * tl.blocks[layer].ln2.w
                 else:

@@ -34,7 +34,8 @@ import sys
 from qwen_interp import import_watch
 seen = []
 import_watch.when_imported("sys", lambda: seen.append("sys"))        # already imported
-import_watch.when_imported("colorsys", lambda: seen.append(sys.modules["colorsys"].rgb_to_hsv.__name__))
+import_watch.when_imported("colorsys",
+                           lambda: seen.append(sys.modules["colorsys"].rgb_to_hsv.__name__))
 assert seen == ["sys"]
 import colorsys
 print(seen, import_watch.pending(), import_watch._finder in sys.meta_path)

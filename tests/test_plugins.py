@@ -59,7 +59,8 @@ def test_hook_register_models_entry_point_plugin_model_loads(tmp_path, qwen_offl
     assert n_layers == 3  # the small stand-in the offline hub built
 
     # The same code without the plugin fails the way upstream does.
-    out = run_python(code, env={"PYTHONPATH": str(tmp_path), "QWEN_INTERP_PLUGINS": "qwen3,transformerlens"},
+    out = run_python(code, env={"PYTHONPATH": str(tmp_path),
+                                "QWEN_INTERP_PLUGINS": "qwen3,transformerlens"},
                      check=False)
     assert out.returncode != 0 and "acme-tiny not found" in out.stderr
 

@@ -52,7 +52,8 @@ ELSEWHERE = {
     "qwen-interp trace": "test_trace_from_an_empty_folder_and_the_viewer_command",
     "circuit-tracer start-server --graph_file_dir graph_files":
         "test_trace_from_an_empty_folder_and_the_viewer_command",
-    "qwen-interp trace --model Qwen/Qwen3-1.7B-Base --transcoder bluelightai/clt-qwen3-1.7b-base-20k "
+    "qwen-interp trace --model Qwen/Qwen3-1.7B-Base "
+    "--transcoder bluelightai/clt-qwen3-1.7b-base-20k "
     "--dtype bfloat16 --device cuda": "test_trace_on_real_checkpoints_fails_in_one_line_here",
 }
 
@@ -67,7 +68,8 @@ def test_two_commands_are_the_readme_blocks():
     module, text = _readme()
     two = module.two_commands(text)
     assert two["main"].endswith("pip install -e . && qwen-interp trace")
-    assert two["test"].endswith('pip install -e ".[test]" && python -m pytest -q')
+    assert two["test"].endswith(
+        'pip install -e ".[test]" && python -m pytest -q -n auto --dist loadfile')
     ci = (ROOT / ".ci" / "run").read_text()
     assert 'bash -c "$main_job"' in ci and 'bash -c "$test_job"' in ci
 

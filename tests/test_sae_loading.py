@@ -189,7 +189,8 @@ def test_cache_first_and_second_load(tiny, cache, qwen_offline_hub, monkeypatch)
     rel = tiny["small"]
     calls = []
     real_load = files.load_pickle_safely
-    monkeypatch.setattr(files, "load_pickle_safely", lambda *a, **k: calls.append(a) or real_load(*a, **k))
+    monkeypatch.setattr(files, "load_pickle_safely",
+                        lambda *a, **k: calls.append(a) or real_load(*a, **k))
 
     first = SAE.from_pretrained(rel.release, "layer2")
     converted = sorted(cache.rglob("*.safetensors"))

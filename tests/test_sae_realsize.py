@@ -32,7 +32,8 @@ ids = AutoTokenizer.from_pretrained(repo)(prompt, return_tensors="pt").input_ids
 hf = AutoModelForCausalLM.from_pretrained(repo, torch_dtype=torch.float32)
 assert hf.config.hidden_size == 2048 and hf.config.num_hidden_layers == 2
 last = {}
-hf.model.layers[-1].register_forward_hook(lambda m, a, o: last.setdefault("x", o[0] if isinstance(o, tuple) else o))
+hf.model.layers[-1].register_forward_hook(
+    lambda m, a, o: last.setdefault("x", o[0] if isinstance(o, tuple) else o))
 with torch.no_grad():
     out = hf(ids, output_hidden_states=True)
 hf_out = [out.hidden_states[1][0], last["x"][0]]
@@ -43,7 +44,8 @@ result = {}
 for layer in (0, 1):
     sae = SAE.from_pretrained(release, f"layer{layer}")
     with torch.no_grad():
-        _, cache = model.run_with_cache_with_saes(ids, saes=[sae], names_filter=lambda n: "hook_sae_acts_post" in n)
+        _, cache = model.run_with_cache_with_saes(
+            ids, saes=[sae], names_filter=lambda n: "hook_sae_acts_post" in n)
     ours = cache[f"blocks.{layer}.hook_resid_post.hook_sae_acts_post"][0]
     raw = torch.load(hf_hub_download(sae_repo, f"layer{layer}.sae.pt"), weights_only=True)
     pre = hf_out[layer] @ raw["W_enc"].T + raw["b_enc"]

@@ -1,5 +1,6 @@
-"""Qwen-Scope releases: registered as docs/formats.md lists them, equal to SAELens's own entries and config,
-and the SAELens adapter stands down where SAELens has them / provides them where it does not."""
+"""Qwen-Scope releases: registered as docs/formats.md lists them, equal to SAELens's own entries
+and config, and the SAELens adapter stands down where SAELens has them / provides them where it
+does not."""
 
 from __future__ import annotations
 
@@ -99,7 +100,8 @@ def test_adapter_stands_down_on_current_saelens_and_restores_exactly():
         assert _same(getters, pristine[2])
         # One loader under the name: ours (safe, cached), reading with SAELens's config.
         assert loader_table.keys() == pristine[1].keys()
-        assert isinstance(loader_table["qwen_scope"], __import__("qwen_interp_saelens").QwenScopeLoader)
+        assert isinstance(loader_table["qwen_scope"],
+                          __import__("qwen_interp_saelens").QwenScopeLoader)
         assert adapter.loader.upstream_config is loaders.get_qwen_scope_config_from_hf
         releases = {s.part: s for s in adapter.status()}["releases"]
         assert (releases.state, releases.detail) == ("upstream", "14 already in SAELens")

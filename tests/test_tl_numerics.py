@@ -23,7 +23,8 @@ def hf_reference(name_or_path, ids, dtype):
     from transformers import AutoModelForCausalLM
     hf = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
     last = {}
-    h = hf.model.layers[-1].register_forward_hook(lambda m, a, o: last.setdefault("x", o[0] if isinstance(o, tuple) else o))
+    h = hf.model.layers[-1].register_forward_hook(
+        lambda m, a, o: last.setdefault("x", o[0] if isinstance(o, tuple) else o))
     with torch.no_grad():
         out = hf(ids, output_hidden_states=True)
     h.remove()
@@ -77,7 +78,8 @@ def test_tl_matches_hf_bf16(repo_id, qwen_offline_hub, qwen_registry):
     ids = prompt_ids(repo_id)
     ref = hf_reference(repo_id, ids, torch.float32)[0].log_softmax(-1)
     hf_bf16 = hf_reference(repo_id, ids, torch.bfloat16)[0].float().log_softmax(-1)
-    tl = HookedTransformer.from_pretrained_no_processing(repo_id, device="cpu", dtype=torch.bfloat16)
+    tl = HookedTransformer.from_pretrained_no_processing(repo_id, device="cpu",
+                                                         dtype=torch.bfloat16)
     with torch.no_grad():
         tl_bf16 = tl(ids).float().log_softmax(-1)
     hf_err = (hf_bf16 - ref).abs().max().item()

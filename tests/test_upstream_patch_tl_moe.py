@@ -50,14 +50,16 @@ assert "qwen_interp" not in sys.modules
 ids = torch.tensor([[17417, 25, 576, 4767, 315, 279, 3639, 4180, 304, 220, 17, 15, 16, 15, 572]])
 hf = AutoModelForCausalLM.from_pretrained({name!r}, dtype=torch.float32)
 last = {{}}
-hf.model.layers[-1].register_forward_hook(lambda m, a, o: last.setdefault("x", o[0] if isinstance(o, tuple) else o))
+hf.model.layers[-1].register_forward_hook(
+    lambda m, a, o: last.setdefault("x", o[0] if isinstance(o, tuple) else o))
 with torch.no_grad():
     ref = hf(ids, output_hidden_states=True, output_router_logits=True)
 resid = [*ref.hidden_states[1:-1], last["x"]]
 
 tl = HookedTransformer.from_pretrained({name!r}, device="cpu", dtype=torch.float32)
 mlp = tl.blocks[0].mlp
-assert (type(mlp).__name__, type(mlp).__module__) == ("Qwen3MoE", "transformer_lens.components.mlps.moe")
+assert (type(mlp).__name__, type(mlp).__module__) == (
+    "Qwen3MoE", "transformer_lens.components.mlps.moe")
 with torch.no_grad():
     logits, cache = tl.run_with_cache(ids)
 raw = HookedTransformer.from_pretrained_no_processing({name!r}, device="cpu", dtype=torch.float32)

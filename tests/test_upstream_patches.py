@@ -40,7 +40,8 @@ def test_patched_transformer_lens_loads_qwen3_base_without_plugins(
 import json, torch, transformer_lens
 from transformer_lens import HookedTransformer
 from transformers import AutoModelForCausalLM
-assert transformer_lens.__file__.startswith({str(patched_transformer_lens)!r}), transformer_lens.__file__
+assert transformer_lens.__file__.startswith(
+    {str(patched_transformer_lens)!r}), transformer_lens.__file__
 ids = torch.tensor([[17417, 25, 576, 4767, 315]])
 diffs = {{}}
 for name in {DENSE!r} + [{str(local_dir)!r}]:
@@ -159,7 +160,8 @@ def test_insert_sorted_places_each_name_among_multi_line_entries():
                                                "a/a": '    "a/a": ["a"],\n'}, _entry_key, "x.py")
     keys = [_entry_key(line) for line in out.splitlines(keepends=True) if _entry_key(line)]
     assert keys == ["a/a", "a/B", "a/d", "a/e", "a/F", "a/z"]
-    assert '        "d",\n    ],\n    "a/e"' in out and out.endswith('"a/z": ["z"],\n}\nAFTER = 1\n')
+    assert ('        "d",\n    ],\n    "a/e"' in out
+            and out.endswith('"a/z": ["z"],\n}\nAFTER = 1\n'))
 
 
 def test_render_against_a_folder_that_is_no_checkout_is_one_clear_error(tmp_path, cli):
@@ -254,9 +256,10 @@ def test_patched_sae_lens_refuses_malicious_qwen_scope_pickle_without_plugins(tm
 
     from qwen_interp.apps.testing.hub import OfflineHub
     hf_home, marker = tmp_path / "hf", tmp_path / "evil-ran"
-    OfflineHub(hf_home).snapshot("Qwen/SAE-Res-Qwen3-1.7B-Base-W32K-L0_50", lambda folder: torch.save(
-        {"W_enc": _Payload(marker), "W_dec": torch.zeros(1), "b_enc": torch.zeros(1),
-         "b_dec": torch.zeros(1)}, folder / "layer0.sae.pt"))
+    OfflineHub(hf_home).snapshot(
+        "Qwen/SAE-Res-Qwen3-1.7B-Base-W32K-L0_50", lambda folder: torch.save(
+            {"W_enc": _Payload(marker), "W_dec": torch.zeros(1), "b_enc": torch.zeros(1),
+             "b_dec": torch.zeros(1)}, folder / "layer0.sae.pt"))
     env = {"HF_HOME": str(hf_home), "QWEN_INTERP_PLUGINS": "",
            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # torch's escape hatch, as some users set it
     root = str(patched_release("sae-lens"))
@@ -299,7 +302,8 @@ import dataclasses, json, qwen_interp, sae_lens
 print(json.dumps({s.part: dataclasses.asdict(s)
                   for s in qwen_interp.registry().adapters["saelens"].status()}))
 """
-    patched = json.loads(run_python(probe, env={"PYTHONPATH": root}).stdout.strip().splitlines()[-1])
+    patched = json.loads(
+        run_python(probe, env={"PYTHONPATH": root}).stdout.strip().splitlines()[-1])
     bare = json.loads(run_python(probe).stdout.strip().splitlines()[-1])
     assert patched["weights"]["state"] == bare["weights"]["state"] == "bridged"
     assert "already weights_only (upstream fix)" in patched["weights"]["detail"], patched

@@ -37,10 +37,9 @@ from qwen_interp import settings
 from qwen_interp.adapters import AdapterBase, AlreadyUpstream, Part
 from qwen_interp.patching import PatchSet
 
-from . import bounded_influences
-from .active_decoders import (DEFAULT_WORKSPACE_BYTES, ActiveDecoders, attribution_components,
-                              scoring_hooks)
-from .shared_patterns import shared_attention_patterns
+# The torch-side modules (active_decoders, bounded_influences, shared_patterns) are imported
+# inside the wrappers: they run in attribute() only, and `import qwen_interp` must not import
+# torch (a second of every interpreter start, and the CLI's).
 
 ENV = settings.BOUNDED_ATTRIBUTION.name
 ENV_WORKSPACE_MB = settings.ATTRIBUTION_WORKSPACE_MB.name
@@ -58,6 +57,7 @@ def enabled() -> bool:
 
 def workspace_bytes() -> int:
     if not settings.ATTRIBUTION_WORKSPACE_MB.is_set():
+        from .active_decoders import DEFAULT_WORKSPACE_BYTES
         return DEFAULT_WORKSPACE_BYTES
     return max(1, int(settings.ATTRIBUTION_WORKSPACE_MB.get() * 2**20))
 
@@ -71,6 +71,7 @@ def bounded_components(original):
         call = _CALL.get()
         if not enabled() or "offload" not in call:
             return original(self, inputs, zero_positions)
+        from .active_decoders import attribution_components
         # Encoder rows can be looked up in the transcoder unless attribute() offloads it.
         return attribution_components(self, inputs, zero_positions, workspace_bytes(),
                                       lookup_encoders=call["offload"] is None)
@@ -82,6 +83,7 @@ def tl_hooks(original):
     """TL AttributionContext._make_attribution_hooks plus one scoring hook per output layer."""
     @functools.wraps(original)
     def _make_attribution_hooks(self, feature_output_hook):
+        from .active_decoders import ActiveDecoders, scoring_hooks
         hooks = original(self, feature_output_hook)
         if isinstance(self.decoder_vecs, ActiveDecoders):
             hooks = scoring_hooks(self, feature_output_hook) + hooks
@@ -93,6 +95,7 @@ def tl_hooks(original):
 def nnsight_feature_scores(original):
     @functools.wraps(original)
     def compute_feature_attributions(self, layer, grads):
+        from .active_decoders import ActiveDecoders
         if isinstance(self.decoder_vecs, ActiveDecoders):
             self.decoder_vecs.score_into(self._batch_buffer, grads, layer)
         else:
@@ -107,6 +110,7 @@ def tl_forward_pass(original):
     def run_forward_pass(self, input_ids, batch_size, ctx):
         if not enabled() or "offload" not in _CALL.get():  # only attribute()'s own pass
             return original(self, input_ids, batch_size, ctx)
+        from .shared_patterns import shared_attention_patterns
         with shared_attention_patterns(self.blocks):
             return original(self, input_ids, batch_size, ctx)
     run_forward_pass.__qwen_interp_original__ = original
@@ -127,6 +131,7 @@ def bounded_influences_fn(original):
                                    device=None):
         if not enabled():
             return original(edge_matrix, logit_p, row_to_node_index, max_iter, device)
+        from . import bounded_influences
         return bounded_influences.compute_partial_influences(
             edge_matrix, logit_p, row_to_node_index, max_iter, device, workspace_bytes(),
             row_sum_cache=_CALL.get().get("row_sums"))

@@ -95,7 +95,8 @@ def hf_reference(repo: str, ids) -> tuple[list[torch.Tensor], torch.Tensor]:
 
 
 def qwen_scope_reference(x: torch.Tensor, raw: dict, k: int) -> torch.Tensor:
-    """docs/formats.md (Qwen-Scope): pre = x @ W_enc.T + b_enc; keep the top k of relu(pre), zero the rest."""
+    """docs/formats.md (Qwen-Scope): pre = x @ W_enc.T + b_enc; keep the top k of relu(pre),
+    zero the rest."""
     acts = torch.relu(x @ raw["W_enc"].T + raw["b_enc"])
     top = acts.topk(k, dim=-1)
     return torch.zeros_like(acts).scatter(-1, top.indices, top.values)
@@ -175,8 +176,9 @@ def test_bridge_logprobs_equal_hf(setup, repo):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("repo", MODELS)
 def test_sae_features_equal_reference(setup, repo, backend):
-    """SAE.from_pretrained(release, "layer{n}") + sae_features on the loaded model = the docs/formats.md
-    formula on HF's decoder-layer outputs, with the raw weights of layer{n}.sae.pt."""
+    """SAE.from_pretrained(release, "layer{n}") + sae_features on the loaded model = the
+    docs/formats.md formula on HF's decoder-layer outputs, with the raw weights of
+    layer{n}.sae.pt."""
     from huggingface_hub import hf_hub_download
     from sae_lens import SAE
     import qwen_interp_qwen35
