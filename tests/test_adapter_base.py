@@ -95,6 +95,7 @@ def test_lifecycle_reports_one_status_per_part_as_data(upstream):
     assert got["later"] == (INACTIVE, "qwen_interp_test_not_yet_imported not imported")
     assert [s.part for s in adapter.failures()] == ["breaks"]
     assert all(isinstance(s, PartStatus) and s.adapter == "demo" for s in adapter.status())
+    assert adapter.modules() == ["qwen_interp_test_upstream", "qwen_interp_test_not_yet_imported"]
 
     # The bridged part changed upstream; the failed one left nothing behind.
     assert upstream.greet("qwen") == "HELLO QWEN"
@@ -106,7 +107,7 @@ def test_lifecycle_reports_one_status_per_part_as_data(upstream):
 
     adapter.deactivate()
     assert upstream.greet is original_greet  # the very same object
-    assert [s.state for s in adapter.status()] == [INACTIVE]
+    assert [s.state for s in adapter.status()] == [INACTIVE] and adapter.modules() == []
 
 
 def test_a_part_applies_when_its_module_is_imported(upstream, tmp_path, monkeypatch):

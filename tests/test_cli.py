@@ -32,6 +32,11 @@ def test_doctor_reports_stack_plugins_and_bridged_gaps(cli):
                  if "[transformerlens] model-names:" in line)
     assert "model-names: bridged (added: Qwen/Qwen3-1.7B-Base," in names, names
     assert "already upstream: Qwen/Qwen3-0.6B-Base" in names, names
+    # Doctor imports each part's module, so parts of circuit-tracer's submodules report what
+    # really happens on this install instead of "not imported".
+    assert "[circuit_tracer] transcoder-loader: bridged" in out.stdout, out.stdout
+    assert "[circuit_tracer_attribution] attribute-call: bridged" in out.stdout, out.stdout
+    assert "not imported)" not in out.stdout, out.stdout
     assert "no known-bad versions installed" in out.stdout
 
 

@@ -89,6 +89,7 @@ class AdapterBase:
         self._patches: dict[str, PatchSet] = {}
         self._applied: list[str] = []  # part names, in the order applied
         self._status: dict[str, PartStatus] = {}
+        self._modules: list[str] = []  # the upstream modules the parts wait for
 
     # --- what a subclass provides ------------------------------------------------------------
     def parts(self) -> list[Part]:
@@ -101,6 +102,8 @@ class AdapterBase:
         self.active = True
         self.registry = registry
         for part in self.parts():
+            if part.module not in self._modules:
+                self._modules.append(part.module)
             self._status[part.name] = PartStatus(self.name, part.name, INACTIVE,
                                                  f"{part.module} not imported")
             import_watch.when_imported(part.module, self._runner(part))
@@ -154,10 +157,16 @@ class AdapterBase:
         self._applied.clear()
         self._patches.clear()
         self._status.clear()
+        self._modules.clear()
         self.active = False
         self.registry = None
         if errors:
             raise RuntimeError(f"adapter {self.name!r} could not undo: {'; '.join(errors)}")
+
+    def modules(self) -> list[str]:
+        """The upstream modules this adapter's parts change, in the order declared (importing
+        them applies the parts: ``qwen-interp doctor`` does, to report what really happens)."""
+        return list(self._modules)
 
     def status(self) -> list[PartStatus]:
         if not self.active:

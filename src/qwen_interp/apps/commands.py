@@ -56,6 +56,11 @@ def print_adapter(name: str, adapter, adapter_errors: dict[str, str]) -> int:
     except Exception as exc:  # noqa: BLE001 - an absent ecosystem is a report, not a crash
         print(f"  [{name}] stood down: {adapter.module} does not import ({exc})")
         return 0
+    for module in getattr(adapter, "modules", list)():  # each part applies on its module's import
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - reported; its parts stay inactive
+            print(f"  [{name}] {module} does not import ({type(exc).__name__}: {exc})")
     if name in adapter_errors:
         print(f"  [{name}] FAILED and undone: {adapter_errors[name]}")
     try:
