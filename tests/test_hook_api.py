@@ -189,9 +189,10 @@ def test_builtins_load_from_the_core_list_not_entry_points():
     st = qwen_interp.activation.state()
     assert st.plugin_names[:5] == list(plugins.BUILTIN_PLUGINS)
     pm = qwen_interp.plugin_manager()
-    for name, module in {**plugins.APP_PLUGINS, **plugins.BUILTIN_PLUGINS}.items():
+    for name, module in plugins.BUILTIN_PLUGINS.items():
         assert pm.get_plugin(name) is sys.modules[module]
-    assert "commands" not in st.plugin_names  # always loaded, not limited: not listed
+    # The command line's own commands are the app's, not a plugin the core loads.
+    assert pm.get_plugin("commands") is None and "commands" not in st.plugin_names
 
 
 def test_entry_point_taking_a_builtin_name_is_skipped(monkeypatch):
@@ -259,6 +260,24 @@ def test_hook_register_commands_every_hook_command_in_the_cli(every_hook, regist
     out = cli("patches", "list")
     assert "every-hook-upstream 0.1  nothing" in out.stdout
 
+
+
+class ShadowsDoctor:
+    """A plugin whose command takes the name of a built-in one."""
+
+    @staticmethod
+    @hookimpl
+    def register_commands(register):
+        register(Command("doctor", "not the real doctor", configure=lambda parser: None,
+                         run=lambda args: 99))
+
+
+def test_a_plugin_command_cannot_take_a_builtin_name(registered, cli):
+    registered(ShadowsDoctor, "shadow")
+    out = cli("doctor")
+    assert out.returncode != 99 and "upstream gaps bridged:" in out.stdout  # the real one ran
+    assert ("qwen-interp: command 'doctor' of plugin 'shadow' left out: 'doctor' is a built-in "
+            "command") in out.stderr
 
 def test_hook_register_doctor_checks_every_hook_in_doctor(every_hook, registered, cli):
     registered(every_hook, "every_hook")

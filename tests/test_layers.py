@@ -8,7 +8,7 @@
 
 Imports inside functions count too: a lazy import is still a dependency. The core names its
 built-in plugins as strings (``plugins.BUILTIN_PLUGINS``, as llm and datasette do), which is data,
-not an import.
+not an import; it names no app even as a string.
 """
 
 from __future__ import annotations
@@ -80,6 +80,16 @@ def test_the_core_imports_no_plugin_and_no_app(path: Path) -> None:
            if is_plugin(mod) or is_app(mod)]
     assert not bad, f"{path.relative_to(ROOT)} imports {bad}: the core imports no plugin or app"
 
+
+
+@pytest.mark.parametrize("path", core_files(), ids=lambda p: p.name)
+def test_the_core_names_no_app_even_as_a_string(path: Path) -> None:
+    """Not even for importlib: the apps register what they need themselves (the CLI's own
+    commands live in the CLI), so the core works without them."""
+    strings = [(node.lineno, node.value) for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.Constant) and isinstance(node.value, str)
+               and node.value.startswith(("qwen_interp.apps", "qwen_interp_pytest"))]
+    assert not strings, f"{path.relative_to(ROOT)} names an app module: {strings}"
 
 @pytest.mark.parametrize("path", sorted(p for d in PLUGINS for p in d.rglob("*.py")),
                          ids=lambda p: f"{p.parent.name}/{p.name}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pluggy
 
 from . import import_watch
-from .plugins import (APP_PLUGINS, Pending, hook_problems, in_load_order, is_initializing,
+from .plugins import (Pending, hook_problems, in_load_order, is_initializing,
                       load_plugins, new_plugin_manager, register_checked, skip)
 from .registry import Registry, RegistryError, collect
 from .specs import Adapter
@@ -95,7 +95,7 @@ def _register_pending() -> None:
         st = _state
         added = [name for name, mod in ready
                  if register_checked(st.pm, mod, name, st.skipped_plugins, st.plugin_warnings)]
-        names = in_load_order([*st.plugin_names, *(n for n in added if n not in APP_PLUGINS)])
+        names = in_load_order([*st.plugin_names, *added])
         reg = _collect_skipping(st.pm, names, st.skipped_plugins, skippable=set(added))
         _reinstall(st, reg, names)
 

@@ -4,7 +4,6 @@
   this file (as ``llm`` and ``datasette`` do with their ``DEFAULT_PLUGINS``), in that order;
 - **third-party plugins** load through the ``qwen_interp`` entry-point group, after the
   built-ins, by entry-point name;
-- :data:`APP_PLUGINS` (the command line's own commands) always load.
 
 ``QWEN_INTERP_PLUGINS`` limits the built-in and third-party plugins, as ``LLM_LOAD_PLUGINS``
 does for llm: a comma-separated list of plugin names (a built-in's short name, or an entry-point
@@ -45,11 +44,6 @@ BUILTIN_PLUGINS = {
     "transformerlens": "qwen_interp_transformerlens",
     "circuit_tracer": "qwen_interp_circuit_tracer",
     "saelens": "qwen_interp_saelens",
-}
-# Registered before everything else and whatever QWEN_INTERP_PLUGINS says, so that
-# `QWEN_INTERP_PLUGINS="" qwen-interp doctor` still has its commands. Not in `plugin_names`.
-APP_PLUGINS = {
-    "commands": "qwen_interp.apps.commands",
 }
 
 # Plugins whose module was still being imported at load: (name, module).
@@ -124,8 +118,8 @@ def hook_problems(pm: pluggy.PluginManager, plugin: object) -> list[str]:
 def load_plugins(pm: pluggy.PluginManager, pending: Pending | None = None,
                  skipped: dict[str, str] | None = None,
                  warnings: list[str] | None = None) -> list[str]:
-    """Register the app plugins, then every allowed built-in plugin, then every allowed
-    third-party plugin; return the names of the built-in and third-party plugins registered.
+    """Register every allowed built-in plugin, then every allowed third-party plugin; return
+    the names of the built-in and third-party plugins registered.
 
     A plugin that fails to import, that pluggy refuses, or that implements a hook no hookspec
     has goes to ``skipped`` (name -> why) and is logged; a function named like a hook without
@@ -136,8 +130,6 @@ def load_plugins(pm: pluggy.PluginManager, pending: Pending | None = None,
     """
     skipped = {} if skipped is None else skipped
     warnings = [] if warnings is None else warnings
-    for name, module in APP_PLUGINS.items():
-        _load(pm, name, _importer(module), pending, skipped, warnings)
     allowed = allowed_plugin_names()
     third_party = third_party_entry_points(skipped)
     installed = sorted({*BUILTIN_PLUGINS, *(ep.name for ep in third_party)})
@@ -161,7 +153,7 @@ def third_party_entry_points(skipped: dict[str, str]) -> list[importlib.metadata
                      key=lambda ep: ep.name):
         if ep.value in BUILTIN_PLUGINS.values():
             continue
-        if ep.name in BUILTIN_PLUGINS or ep.name in APP_PLUGINS:
+        if ep.name in BUILTIN_PLUGINS:
             skip(skipped, ep.name, f"entry point {ep.name} = {ep.value}: {ep.name!r} is the "
                                    f"name of a built-in plugin; rename the entry point")
             continue

@@ -1,8 +1,8 @@
 """``qwen-interp``: one subcommand per registered command.
 
-The commands come from plugins (``register_commands``): the built-in ``doctor``, ``models``,
-``trace`` and ``patches`` (:mod:`qwen_interp.apps.commands`), ``saes`` (the saelens plugin), and
-any third-party plugin's. Every failure ends in one line on stderr.
+The command line's own ``doctor``, ``models``, ``trace`` and ``patches``
+(:mod:`qwen_interp.apps.commands`), then every plugin's (``register_commands``): ``saes`` (the
+saelens plugin) and any third-party plugin's. Every failure ends in one line on stderr.
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser(commands: dict | None = None) -> argparse.ArgumentParser:
-    """The parser: one subcommand per registered :class:`~qwen_interp.specs.Command` (default:
-    the registry's), by name. A command whose ``configure`` raises is left out, with one line on
-    stderr, so one broken plugin does not take the other commands with it."""
+    """The parser: one subcommand per :class:`~qwen_interp.specs.Command` (default:
+    :func:`all_commands`), by name. A command whose ``configure`` raises is left out, with one
+    line on stderr, so one broken plugin does not take the other commands with it."""
     if commands is None:
-        import qwen_interp
-        commands = qwen_interp.registry().commands
+        commands = all_commands()
     parser = Parser(prog="qwen-interp", description="Qwen3 / Qwen3.5 in TransformerLens, "
                     "circuit-tracer and SAELens: doctor, registries, the main job (trace), and "
                     "the commands of every plugin.")
@@ -41,6 +40,24 @@ def build_parser(commands: dict | None = None) -> argparse.ArgumentParser:
         command.configure(sub_parser)
         sub_parser.set_defaults(func=command.run)
     return parser
+
+
+def all_commands() -> dict:
+    """The command line's own commands, then every plugin's. A plugin command that takes a
+    built-in command's name is left out, with one line on stderr naming the plugin."""
+    import qwen_interp
+
+    from .commands import BUILTIN_COMMANDS
+    commands = {command.name: command for command in BUILTIN_COMMANDS}
+    registry = qwen_interp.registry()
+    for name, command in registry.commands.items():
+        if name in commands:
+            print(f"qwen-interp: command {name!r} of plugin "
+                  f"{registry.owners['commands'][name]!r} left out: {name!r} is a built-in "
+                  "command", file=sys.stderr)
+            continue
+        commands[name] = command
+    return commands
 
 
 ENV_DEBUG = "QWEN_INTERP_DEBUG"

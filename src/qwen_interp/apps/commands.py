@@ -1,8 +1,8 @@
-"""The built-in ``qwen-interp`` commands: ``doctor``, ``models`` and ``trace``.
+"""The command line's own commands: ``doctor``, ``models``, ``trace`` and ``patches``.
 
-A plugin like any other (``register_commands``), always loaded (``qwen_interp.plugins``
-``APP_PLUGINS``). It imports only the core at import time: ``import qwen_interp`` loads it, and
-must stay cheap.
+They belong to the app, not to a plugin: :mod:`qwen_interp.apps.cli` puts them first and adds
+every plugin's commands (``register_commands``), so ``QWEN_INTERP_PLUGINS="" qwen-interp
+doctor`` still works and the core never names an app.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import argparse
 import importlib
 import platform
 
-from qwen_interp import hookimpl
 from qwen_interp.specs import Command
+
+from .patches_command import COMMAND as PATCHES
 
 
 # --- doctor ---------------------------------------------------------------------------------
@@ -167,10 +168,5 @@ TRACE = Command("trace", "attribution graph of a prompt (default: offline demo)"
                 configure=configure_trace, run=run_trace)
 
 
-@hookimpl
-def register_commands(register):
-    for command in (DOCTOR, MODELS, TRACE):
-        register(command)
-    # `patches` lives in its own module (qwen_interp.apps.patches_command).
-    from .patches_command import COMMAND as PATCHES
-    register(PATCHES)
+# The command line's own commands; plugins add theirs through `register_commands`.
+BUILTIN_COMMANDS = (DOCTOR, MODELS, TRACE, PATCHES)
