@@ -263,8 +263,9 @@ def register_commands(register: Callable[[Command], None]) -> None:
                              run=lambda args: print("HELLO" if args.shout else "hello") or 0))
 
     Order and conflicts: keyed by ``name`` (one word); ``--help`` lists commands by name.
-    Another command under a name another plugin has (``doctor``, ``trace``, ...) is a conflict;
-    the later-registered plugin is refused.
+    A command under a name another plugin has is a conflict; the later-registered plugin is
+    refused. One under the name of a command the CLI has itself (``doctor``, ``models``,
+    ``trace``, ``patches``) is left out of the command line, with one line naming the plugin.
 
     Errors: a malformed record or a hook that raises refuses the plugin; a command whose
     ``configure`` raises is left out of the command line, with one line on stderr.
