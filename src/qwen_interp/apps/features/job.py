@@ -1,0 +1,134 @@
+"""``compute()``: the whole job, from corpus to tables and sidecar, resumable.
+
+One run per output folder, held under a lock. Leftovers of a killed run (temporary files) are
+swept first; its checkpoint is picked up, and shards before it are read (to keep the corpus in
+step) but not computed again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import collect, export
+from .collect import RunConfig
+
+
+@dataclass
+class RunResult:
+    out: Path
+    contexts: int
+    tokens: int
+    shards: int
+    resumed_from_shard: int
+    seconds: float
+    report: dict
+
+
+def compute(config: RunConfig, out: str | Path, *, device=None, ray_address: str | None = None,
+            ray_workers: int | None = None, progress: bool = True, session=None) -> RunResult:
+    """Compute the statistics of ``config`` into folder ``out``. ``ray_address``: None runs in
+    this process; ``"local"`` starts a local Ray instance; anything else is passed to
+    ``ray.init(address=...)`` (``"auto"``, ``"ray://host:10001"``)."""
+    from qwen_interp.atomic import lock_path, remove_leftovers, try_lock
+
+    from .corpus import CorpusReport, resolve_sources
+    config.check()
+    sources = resolve_sources(config.corpus, text_field=config.text_field)  # bad input: now
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with try_lock(lock_path(out)) as free:
+        if not free:
+            raise ValueError(f"another run is writing to {out}; wait for it or use another --out")
+        remove_leftovers(out, others=True)
+        collect.check_run_folder(out, config)
+        collect.write_json(out / collect.RUN_FILE, config.identity())
+        started = time.perf_counter()
+        if session is None:
+            session = collect.load_session(config, device=device)
+        names = list(collect.blocks(session))
+        total, next_shard, done = collect.load_checkpoint(out, names)
+        report = CorpusReport(sources=sources)
+        tokenizer = session.model.tokenizer
+        first = collect.first_token_id(tokenizer)
+        todo = (item for item in collect.shards(config, tokenizer, first, report)
+                if item[0] >= next_shard)
+        bar = _progress(progress, config, done)
+        n_shards = next_shard
+        try:
+            if ray_address is None:
+                results = ((index, first_ctx, len(contexts), collect.shard_stats(
+                    session, contexts, first_ctx, config, on_batch=bar.update))
+                    for index, first_ctx, contexts in todo)
+            else:
+                from .ray_backend import ray_shard_stats
+                results = ray_shard_stats(config, todo, address=ray_address,
+                                          workers=ray_workers, device=device,
+                                          saes=list(session.saes.values()), on_shard=bar.update)
+            for index, _, n_contexts, stats in results:
+                total = collect.merge_into(total, stats)  # in shard order: exact
+                done += n_contexts
+                n_shards = index + 1
+                collect.save_checkpoint(out, total, n_shards, done)
+        finally:
+            bar.close()
+        if total is None:
+            raise ValueError(f"corpus {config.corpus} gave no context of {config.ctx_len} "
+                             f"tokens (documents: {report.documents}, tokens: {report.tokens})")
+        write_outputs(out, config, session, total)
+        seconds = time.perf_counter() - started
+        summary = {**asdict(report), "contexts_computed": done,
+                   "tokens_computed": done * config.ctx_len, "shards": n_shards,
+                   "resumed_from_shard": next_shard, "complete": True}
+        collect.write_json(out / collect.REPORT_FILE, summary)
+        return RunResult(out=out, contexts=done, tokens=done * config.ctx_len, shards=n_shards,
+                         resumed_from_shard=next_shard, seconds=seconds, report=summary)
+
+
+def write_outputs(out: Path, config: RunConfig, session, total) -> None:
+    """Parquet tables (``tables/clt.parquet``, ``tables/sae.parquet``) and, with a CLT, the
+    viewer sidecar ``features/``."""
+    from .sidecar import write_sidecar
+    text = export.token_strings(session.model.tokenizer)
+    (out / "tables").mkdir(exist_ok=True)
+    logits = {name: export.logit_effects(session, name) for name in total}
+    meta = {"config": config.identity(),
+            "histogram_edges": export.HistogramBins(config.stats).edges.tolist()}
+    sae_release = dict((layer, release) for release, layer in config.saes)
+    for kind in ("clt", "sae"):
+        names = [name for name in total if name.startswith(f"{kind}/")]
+        if not names:
+            continue
+
+        def dictionary(name: str) -> str:
+            if kind == "clt":
+                return str(config.transcoder)
+            return sae_release.get(int(name.split("/")[1]), "sae")
+        export.write_parquet(out / "tables" / f"{kind}.parquet", (
+            export.block_table(name, total[name], config.stats, dictionary=dictionary(name),
+                               text=text, logits=logits[name], ctx_len=config.ctx_len)
+            for name in names), meta)
+    if session.has_clt:
+        layers = ((int(name.split("/")[1]), export.viewer_records(
+            total[name], config.stats, transcoder_id=str(config.transcoder), text=text,
+            logits=logits[name])) for name in total if name.startswith("clt/"))
+        write_sidecar(out / "features", layers)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(enabled: bool, config: RunConfig, done_contexts: int):
+    """A tqdm bar in tokens (throughput; ETA when ``max_contexts`` bounds the run)."""
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+    total = config.max_contexts * config.ctx_len if config.max_contexts else None
+    return tqdm(total=total, initial=done_contexts * config.ctx_len, unit="tok",
+                unit_scale=True, desc="features", dynamic_ncols=True)

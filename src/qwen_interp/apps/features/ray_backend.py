@@ -1,0 +1,83 @@
+"""The same shards on Ray: one actor per worker, each holding one model replica (one GPU each
+when the cluster has GPUs, else one CPU core each), shards as work items, results back in shard
+order (``ActorPool.map``) so the driver adds them exactly as a single process would.
+
+Workers load the model and CLT by name from their own Hugging Face cache (the driver's cache
+variables are passed on); SAEs travel from the driver as objects, so a worker needs no registry
+entry for them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable, Iterator
+
+# Environment a worker needs to find the same weights offline and behave as the driver does.
+PASSED_ENV = ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+              "HF_DATASETS_OFFLINE", "QWEN_INTERP_CACHE", "QWEN_INTERP_PLUGINS")
+
+
+class ShardWorker:
+    """A Ray actor body: the shared model once, then shard after shard."""
+
+    def __init__(self, config, device, saes, threads: int | None) -> None:
+        import torch
+
+        from . import collect
+        if threads:
+            torch.set_num_threads(threads)
+        self.config = config
+        self.session = collect.load_session(config, device=device, saes=saes)
+
+    def compute(self, index: int, first_context: int, contexts):
+        from . import collect
+        return index, first_context, len(contexts), collect.shard_stats(
+            self.session, contexts, first_context, self.config)
+
+
+def _compute(actor, item):
+    return actor.compute.remote(*item)
+
+
+def ray_shard_stats(config, shards: Iterable, *, address: str, workers: int | None, device,
+                    saes, on_shard=None) -> Iterator:
+    """``(index, first context, n contexts, stats)`` per shard, in shard order."""
+    try:
+        import ray
+        from ray.util import ActorPool
+    except ImportError:
+        raise ImportError("--ray needs Ray: pip install 'qwen-interp[ray]'") from None
+    env = {key: os.environ[key] for key in PASSED_ENV if key in os.environ}
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address == "local":
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": env})
+        else:
+            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+    try:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        n = workers or max(1, gpus or int(ray.cluster_resources().get("CPU", 1)))
+        options = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+        remote = ray.remote(**options)(ShardWorker)
+        saes_cpu = [sae.to("cpu") for sae in saes]
+        actors = [remote.remote(config, None if gpus else "cpu", saes_cpu,
+                                None if gpus else 1) for _ in range(n)]
+        pool = ActorPool(actors)
+        # Bounded: at most two shards per actor are in flight or waiting (ActorPool.map would
+        # take the whole corpus at once); get_next returns results in submission order.
+        todo = (tuple(item) for item in shards)
+        for item in itertools.islice(todo, 2 * n):
+            pool.submit(_compute, item)
+        while pool.has_next():
+            result = pool.get_next()
+            following = next(todo, None)
+            if following is not None:
+                pool.submit(_compute, following)
+            if on_shard is not None:
+                on_shard(result[2] * config.ctx_len)
+            yield result
+    finally:
+        if started_here:
+            ray.shutdown()
