@@ -110,7 +110,7 @@ def test_every_node_of_a_graph_resolves_in_the_sidecar(hub, tmp_path):
     from qwen_interp.apps.features.accumulators import StatsConfig
     from qwen_interp.apps.features.job import compute
     from helpers import SEED_PROMPT
-    from viewer_features import read_feature
+    from viewer_features import load_feature_from_binary, validate_with_circuit_tracer
 
     corpus = tmp_path / "docs.txt"
     make_corpus(corpus, n_docs=40)
@@ -128,7 +128,8 @@ def test_every_node_of_a_graph_resolves_in_the_sidecar(hub, tmp_path):
     assert features
     for node in features:
         layer, feature, _ = node["node_id"].split("_")
-        record = read_feature(tmp_path / "run" / "features", node["feature"])
+        record = load_feature_from_binary(tmp_path / "run" / "features", node["feature"])
+        validate_with_circuit_tracer(record)
         assert record["index"] == int(feature), node["node_id"]
         assert record["transcoder_id"] == CLT
         assert len(record["histogram"]) == 50 and len(record["quantile_values"]) == 100

@@ -50,9 +50,10 @@ def run_config(release, corpus, **kw):
     from qwen_interp.apps.features.collect import RunConfig
     stats = kw.pop("stats", StatsConfig(top_k=5, samples=6, before=3, after=2, partners=3,
                                         bins=64))
+    settings = {"ctx_len": 16, "batch_size": 3, "shard_batches": 2, **kw}
     return RunConfig(model="Qwen/Qwen3-1.7B-Base", transcoder="bluelight-qwen3-1.7b",
                      corpus=str(corpus), saes=tuple((release.release, n) for n in SAE_LAYERS),
-                     ctx_len=16, batch_size=3, shard_batches=2, stats=stats, **kw)
+                     stats=stats, **settings)
 
 
 @pytest.fixture(scope="module")

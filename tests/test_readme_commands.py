@@ -55,6 +55,14 @@ ELSEWHERE = {
     "qwen-interp trace --model Qwen/Qwen3-1.7B-Base "
     "--transcoder bluelightai/clt-qwen3-1.7b-base-20k "
     "--dtype bfloat16 --device cuda": "test_trace_on_real_checkpoints_fails_in_one_line_here",
+    "qwen-interp features compute --corpus corpus.jsonl":
+        "test_features_from_a_folder_with_a_corpus",
+    "qwen-interp features compute --corpus corpus.jsonl --ray":
+        "test_features_from_a_folder_with_a_corpus",
+    "qwen-interp features compute --model Qwen/Qwen3-1.7B-Base "
+    "--transcoder bluelightai/clt-qwen3-1.7b-base-20k --sae qwen-scope-3-1.7b-base-w32k-l50:6,12 "
+    "--corpus corpus.jsonl --device cuda --dtype bfloat16":
+        "test_features_on_real_checkpoints_fails_in_one_line_here",
 }
 
 
@@ -154,3 +162,47 @@ def test_trace_from_an_empty_folder_and_the_viewer_command(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _write_corpus(folder: Path, n_docs: int = 40) -> None:
+    words = "the cat sat on a warm mat while rain fell over quiet hills".split()
+    with open(folder / "corpus.jsonl", "w") as fh:
+        for i in range(n_docs):
+            text = " ".join(words[(i + j) % len(words)] for j in range(5 + i % 17))
+            fh.write(json.dumps({"text": text.capitalize() + "."}) + "\n")
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_features_from_a_folder_with_a_corpus(tmp_path):
+    """Both demo `features compute` commands, as typed, from a folder holding corpus.jsonl: the
+    tables and the viewer sidecar appear, and Ray's numbers equal the single process's."""
+    import pyarrow.parquet as pq
+    plain = next(c for c in ELSEWHERE if c.endswith("--corpus corpus.jsonl"))
+    on_ray = next(c for c in ELSEWHERE if c.endswith("--ray"))
+    outs = {}
+    for name, command in (("plain", plain), ("ray", on_ray)):
+        work = tmp_path / name
+        work.mkdir()
+        _write_corpus(work)
+        out = shell(command, work, env={"QWEN_INTERP_CACHE": str(tmp_path / "cache")})
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "Traceback" not in out.stderr
+        assert "features: " in out.stdout and "40 documents used" in out.stdout
+        assert (work / "features_out" / "features" / "index.json.gz").is_file()
+        outs[name] = pq.read_table(work / "features_out" / "tables" / "clt.parquet")
+    assert outs["plain"].equals(outs["ray"])
+
+
+@pytest.mark.subprocess
+def test_features_on_real_checkpoints_fails_in_one_line_here(tmp_path):
+    command = next(c for c in ELSEWHERE if "features compute" in c and "--device cuda" in c)
+    _write_corpus(tmp_path)
+    out = shell(command, tmp_path, env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qwen-interp features: error: "), out.stderr
+    import torch
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in lines[0]
+    assert not (tmp_path / "features_out" / "report.json").exists()

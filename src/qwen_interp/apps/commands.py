@@ -1,4 +1,5 @@
-"""The command line's own commands: ``doctor``, ``models``, ``trace`` and ``patches``.
+"""The command line's own commands: ``doctor``, ``models``, ``trace``, ``patches`` and
+``features`` (``features/command.py``).
 
 They belong to the app, not to a plugin: :mod:`qwen_interp.apps.cli` puts them first and adds
 every plugin's commands (``register_commands``), so ``QWEN_INTERP_PLUGINS="" qwen-interp
@@ -13,6 +14,7 @@ import platform
 
 from qwen_interp.specs import Command
 
+from .features.command import COMMAND as FEATURES
 from .patches_command import COMMAND as PATCHES
 
 
@@ -169,4 +171,4 @@ TRACE = Command("trace", "attribution graph of a prompt (default: offline demo)"
 
 
 # The command line's own commands; plugins add theirs through `register_commands`.
-BUILTIN_COMMANDS = (DOCTOR, MODELS, TRACE, PATCHES)
+BUILTIN_COMMANDS = (DOCTOR, MODELS, TRACE, PATCHES, FEATURES)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +75,8 @@ def logit_effects(session, block: str, k: int = LOGITS, chunk: int = 512):
     else:
         sae = session.saes[int(layer)]
         width = int(sae.cfg.d_sae)
-        direction = lambda ids: sae.W_dec[ids]  # noqa: E731 - one line, one use
-    out = [[], [], [], []]
+        direction = functools.partial(_sae_directions, sae)
+    out: list[list[torch.Tensor]] = [[], [], [], []]
     for start in range(0, width, chunk):
         ids = torch.arange(start, min(start + chunk, width), device=w_u.device)
         d = direction(ids).to(w_u.dtype).to(w_u.device)
@@ -87,6 +88,10 @@ def logit_effects(session, block: str, k: int = LOGITS, chunk: int = 512):
         for i, t in enumerate((top.indices, top.values, bottom.indices, bottom.values)):
             out[i].append(t.cpu())
     return tuple(torch.cat(parts).numpy() for parts in out)
+
+
+def _sae_directions(sae, ids: torch.Tensor) -> torch.Tensor:
+    return sae.W_dec[ids]
 
 
 def _clt_directions(transcoders, layer: int, ids: torch.Tensor) -> torch.Tensor:
@@ -149,11 +154,13 @@ def coactive(top: ExampleSet, feature: int, limit: int) -> list[tuple[int, int]]
 
 # --- records ------------------------------------------------------------------------------------
 def _examples(examples: ExampleSet, feature: int, text, config: StatsConfig,
-              order=None) -> list[dict]:
-    """The viewer's ``Example`` dicts of one feature, in ``order`` (default: as stored)."""
+              by_value: bool = False) -> list[dict]:
+    """The viewer's ``Example`` dicts of one feature: as stored, or by activation (highest
+    first, then corpus order)."""
     rows = [i for i in range(examples.gidx.shape[1]) if int(examples.gidx[feature, i]) != EMPTY]
-    if order is not None:
-        rows = order(rows)
+    if by_value:
+        values = examples.value[feature].tolist()
+        rows.sort(key=lambda i: (-values[i], int(examples.gidx[feature, i])))
     seen: set[tuple[int, ...]] = set()
     out = []
     for i in rows:
@@ -169,7 +176,7 @@ def _examples(examples: ExampleSet, feature: int, text, config: StatsConfig,
 
 
 def viewer_records(stats: BlockStats, config: StatsConfig, *, transcoder_id: str, text,
-                   logits) -> object:
+                   logits) -> Iterator[dict]:
     """The viewer's per-feature JSON records of one block, in feature order (a generator)."""
     quantiles = quantile_values(stats, config)
     histogram = viewer_histogram(stats, config)
@@ -177,20 +184,16 @@ def viewer_records(stats: BlockStats, config: StatsConfig, *, transcoder_id: str
     n_tokens = max(int(stats.n_tokens), 1)
     for f in range(stats.width):
         fired = int(stats.count[f]) > 0
-        sample = stats.sample
-        values = sample.value[f]
-        groups = np.array_split(
-            _examples(sample, f, text, config,
-                      order=lambda rows: sorted(rows, key=lambda i: (-float(values[i]), i))),
-            QUANTILE_GROUPS) if fired else []
+        groups = _split(_examples(stats.sample, f, text, config, by_value=True),
+                        QUANTILE_GROUPS)
         yield {
             "transcoder_id": transcoder_id,
             "index": f,
             "examples_quantiles": [
                 {"quantile_name": "Top activations",
                  "examples": _examples(stats.top, f, text, config)},
-                *({"quantile_name": f"Subsample Interval {i}", "examples": list(group)}
-                  for i, group in enumerate(groups) if len(group))],
+                *({"quantile_name": f"Subsample Interval {i}", "examples": group}
+                  for i, group in enumerate(groups) if group)],
             "top_logits": [text(t) for t in top_ids[f]],
             "bottom_logits": [text(t) for t in bottom_ids[f]],
             "act_min": float(stats.min_active[f]) if fired else 0.0,
@@ -199,6 +202,12 @@ def viewer_records(stats: BlockStats, config: StatsConfig, *, transcoder_id: str
             "histogram": histogram[f].tolist(),
             "activation_frequency": int(stats.count[f]) / n_tokens,
         }
+
+
+def _split(items: list, parts: int) -> list[list]:
+    """``items`` cut into ``parts`` consecutive groups of sizes differing by at most one."""
+    bounds = [round(i * len(items) / parts) for i in range(parts + 1)]
+    return [items[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 # --- Parquet ------------------------------------------------------------------------------------

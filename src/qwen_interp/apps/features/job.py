@@ -8,6 +8,7 @@ step) but not computed again.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def compute(config: RunConfig, out: str | Path, *, device=None, ray_address: str
         bar = _progress(progress, config, done)
         n_shards = next_shard
         try:
+            results: Iterator[tuple[int, int, int, dict]]
             if ray_address is None:
                 results = ((index, first_ctx, len(contexts), collect.shard_stats(
                     session, contexts, first_ctx, config, on_batch=bar.update))
@@ -95,24 +97,21 @@ def write_outputs(out: Path, config: RunConfig, session, total) -> None:
     logits = {name: export.logit_effects(session, name) for name in total}
     meta = {"config": config.identity(),
             "histogram_edges": export.HistogramBins(config.stats).edges.tolist()}
-    sae_release = dict((layer, release) for release, layer in config.saes)
+    sae_release = {layer: release for release, layer in config.saes}
+    dictionary = {name: str(config.transcoder) if name.startswith("clt/")
+                  else sae_release.get(int(name.split("/")[1]), "sae") for name in total}
     for kind in ("clt", "sae"):
         names = [name for name in total if name.startswith(f"{kind}/")]
-        if not names:
-            continue
-
-        def dictionary(name: str) -> str:
-            if kind == "clt":
-                return str(config.transcoder)
-            return sae_release.get(int(name.split("/")[1]), "sae")
-        export.write_parquet(out / "tables" / f"{kind}.parquet", (
-            export.block_table(name, total[name], config.stats, dictionary=dictionary(name),
-                               text=text, logits=logits[name], ctx_len=config.ctx_len)
-            for name in names), meta)
+        if names:
+            export.write_parquet(out / "tables" / f"{kind}.parquet", (
+                export.block_table(name, total[name], config.stats, dictionary=dictionary[name],
+                                   text=text, logits=logits[name], ctx_len=config.ctx_len)
+                for name in names), meta)
     if session.has_clt:
-        layers = ((int(name.split("/")[1]), export.viewer_records(
-            total[name], config.stats, transcoder_id=str(config.transcoder), text=text,
-            logits=logits[name])) for name in total if name.startswith("clt/"))
+        layers: Iterator[tuple[int, Iterator[dict]]] = (
+            (int(name.split("/")[1]), export.viewer_records(
+                total[name], config.stats, transcoder_id=str(config.transcoder), text=text,
+                logits=logits[name])) for name in total if name.startswith("clt/"))
         write_sidecar(out / "features", layers)
 
 

@@ -59,7 +59,7 @@ RECORD_FIELDS: dict = {
 _JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
 # Exact types that pass a list check in one C-speed pass; anything else is checked item by item
 # (numpy float64, a float subclass, passes there; bool never counts as a number).
-_FAST_TYPES = {str: {str}, int: {int}, float: {float, int}, bool: {bool}}
+_FAST_TYPES: dict[type, set[type]] = {str: {str}, int: {int}, float: {float, int}, bool: {bool}}
 
 
 def cantor_pair(layer: int, feature: int) -> int:
@@ -140,6 +140,7 @@ def _check_value(value: object, kind: object, where: str) -> None:
             for i, v in enumerate(value):
                 _check_value(v, item, f"{where}[{i}]")
     else:
+        assert isinstance(kind, type)  # the schema's leaves are types
         _check_scalar(value, kind, where)
 
 
