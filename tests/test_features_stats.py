@@ -244,3 +244,37 @@ def test_bad_settings_fail_before_loading(setup, tmp_path):
         config = run_config(release, corpus)
         compute(type(config)(**{**config.__dict__, "saes": ((release.release, 0),) * 2}),
                 tmp_path / "y", progress=False)
+
+
+def test_viewer_records_agree_with_the_statistics(setup, single, session):
+    """What the viewer shows (read the viewer's way) is what the statistics hold."""
+    from viewer_features import load_feature_from_binary, validate_with_circuit_tracer
+
+    from qwen_interp.apps.features.sidecar import cantor_pair
+    release, corpus = setup
+    config = run_config(release, corpus)
+    total = load_total(single.out, [f"clt/{n}" for n in range(3)])
+    tok = session.model.tokenizer
+    checked = 0
+    for layer in range(3):
+        block = total[f"clt/{layer}"]
+        for f in range(block.width):
+            record = load_feature_from_binary(single.out / "features", cantor_pair(layer, f))
+            validate_with_circuit_tracer(record)
+            count = int(block.count[f])
+            assert record["index"] == f
+            assert record["activation_frequency"] == count / int(block.n_tokens)
+            assert sum(record["histogram"]) == count
+            assert record["act_max"] == pytest.approx(float(block.max[f]))
+            top = record["examples_quantiles"][0]
+            assert top["quantile_name"] == "Top activations"
+            values = [ex["tokens_acts_list"][ex["train_token_ind"]] for ex in top["examples"]]
+            expected = block.top.value[f][block.top.gidx[f] >= 0].tolist()
+            assert values == pytest.approx(expected, abs=1e-4)
+            sampled = sum(len(q["examples"]) for q in record["examples_quantiles"][1:])
+            assert sampled == min(count, config.stats.samples)
+            for ex, slot in zip(top["examples"], range(len(expected))):
+                assert "".join(ex["tokens"][:ex["train_token_ind"] + 1]).endswith(
+                    tok.decode(block.top.tokens[f, slot][config.stats.before]))
+            checked += count > 0
+    assert checked > 10

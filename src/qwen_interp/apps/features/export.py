@@ -153,23 +153,26 @@ def coactive(top: ExampleSet, feature: int, limit: int) -> list[tuple[int, int]]
 
 
 # --- records ------------------------------------------------------------------------------------
-def _examples(examples: ExampleSet, feature: int, text, config: StatsConfig,
+def _examples(examples: dict[str, np.ndarray], feature: int, text, config: StatsConfig,
               by_value: bool = False) -> list[dict]:
-    """The viewer's ``Example`` dicts of one feature: as stored, or by activation (highest
-    first, then corpus order)."""
-    rows = [i for i in range(examples.gidx.shape[1]) if int(examples.gidx[feature, i]) != EMPTY]
+    """The viewer's ``Example`` dicts of one feature (``examples``: an ExampleSet as numpy
+    arrays): as stored, or by activation (highest first, then corpus order). Activations are
+    rounded to 4 decimals: display values, a third of the JSON (the tables keep them exact)."""
+    gidx = examples["gidx"][feature]
+    rows = [i for i in range(len(gidx)) if gidx[i] != EMPTY]
     if by_value:
-        values = examples.value[feature].tolist()
-        rows.sort(key=lambda i: (-values[i], int(examples.gidx[feature, i])))
+        values = examples["value"][feature]
+        rows.sort(key=lambda i: (-values[i], gidx[i]))
     seen: set[tuple[int, ...]] = set()
     out = []
     for i in rows:
-        tokens = examples.tokens[feature, i].tolist()
-        keep = [j for j, t in enumerate(tokens) if t != EMPTY]
-        window = tuple(tokens[j] for j in keep)
-        out.append({"tokens": [text(tokens[j]) for j in keep],
-                    "tokens_acts_list": [float(examples.acts[feature, i, j]) for j in keep],
-                    "train_token_ind": keep.index(config.before),
+        tokens = examples["tokens"][feature, i]
+        keep = tokens != EMPTY
+        window = tuple(tokens[keep].tolist())
+        out.append({"tokens": [text(t) for t in window],
+                    "tokens_acts_list": np.round(examples["acts"][feature, i][keep], 4
+                                                 ).astype(np.float64).tolist(),
+                    "train_token_ind": int(keep[:config.before].sum()),
                     "is_repeated_datapoint": window in seen})
         seen.add(window)
     return out
@@ -182,25 +185,30 @@ def viewer_records(stats: BlockStats, config: StatsConfig, *, transcoder_id: str
     histogram = viewer_histogram(stats, config)
     top_ids, _, bottom_ids, _ = logits
     n_tokens = max(int(stats.n_tokens), 1)
+    top, sample = (part.tensors() for part in (stats.top, stats.sample))
+    top = {name: t.numpy() for name, t in top.items()}
+    sample = {name: t.numpy() for name, t in sample.items()}
+    counts, act_min, act_max = (stats.count.tolist(), stats.min_active.tolist(),
+                                stats.max.tolist())
     for f in range(stats.width):
-        fired = int(stats.count[f]) > 0
-        groups = _split(_examples(stats.sample, f, text, config, by_value=True),
+        fired = counts[f] > 0
+        groups = _split(_examples(sample, f, text, config, by_value=True),
                         QUANTILE_GROUPS)
         yield {
             "transcoder_id": transcoder_id,
             "index": f,
             "examples_quantiles": [
                 {"quantile_name": "Top activations",
-                 "examples": _examples(stats.top, f, text, config)},
+                 "examples": _examples(top, f, text, config)},
                 *({"quantile_name": f"Subsample Interval {i}", "examples": group}
                   for i, group in enumerate(groups) if group)],
-            "top_logits": [text(t) for t in top_ids[f]],
-            "bottom_logits": [text(t) for t in bottom_ids[f]],
-            "act_min": float(stats.min_active[f]) if fired else 0.0,
-            "act_max": float(stats.max[f]),
+            "top_logits": [text(t) for t in top_ids[f].tolist()],
+            "bottom_logits": [text(t) for t in bottom_ids[f].tolist()],
+            "act_min": act_min[f] if fired else 0.0,
+            "act_max": act_max[f],
             "quantile_values": quantiles[f].tolist(),
             "histogram": histogram[f].tolist(),
-            "activation_frequency": int(stats.count[f]) / n_tokens,
+            "activation_frequency": counts[f] / n_tokens,
         }
 
 
