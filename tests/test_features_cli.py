@@ -16,7 +16,7 @@ from test_features_stats import make_corpus, same_outputs
 
 MODEL, CLT = "Qwen/Qwen3-1.7B-Base", "bluelight-qwen3-1.7b"
 SMALL = ["--ctx-len", "16", "--batch-size", "2", "--shard-batches", "1", "--top-k", "4",
-         "--samples", "4", "--bins", "32", "--no-progress"]
+         "--samples", "4", "--bins", "32", "--checkpoint-every", "0", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ class RunConfig:
     text_field: str = "text"
     ctx_len: int = 128
     batch_size: int = 8
-    shard_batches: int = 8  # a shard is this many batches
+    shard_batches: int = 32  # a shard is this many batches
     max_contexts: int | None = None
     dtype: str = "float32"
     stats: StatsConfig = field(default_factory=StatsConfig)
@@ -103,9 +103,11 @@ def blocks(session) -> dict[str, int]:
 
 
 def shard_stats(session, contexts: np.ndarray, first_context: int, config: RunConfig,
-                on_batch=None) -> dict[str, BlockStats]:
+                on_batch=None, to_cpu: bool = True) -> dict[str, BlockStats]:
     """Statistics of one shard (``contexts`` ``[S, ctx_len]``, the first being context number
-    ``first_context``), one forward pass per batch; results on the CPU."""
+    ``first_context``), one forward pass per batch; results on the CPU, or left on the model's
+    device (``to_cpu=False``: the in-process driver merges there, which is faster and gives the
+    same bits: float64 additions and stable sorts are exact on either)."""
     model = session.model
     device = model.cfg.device
     edges = HistogramBins(config.stats).tensor(device)
@@ -129,7 +131,7 @@ def shard_stats(session, contexts: np.ndarray, first_context: int, config: RunCo
             model(tokens, stop_at_layer=last_layer + 1)  # no unembedding: no logits needed
         if on_batch is not None:
             on_batch(tokens.numel())
-    return {name: s.to("cpu") for name, s in stats.items()}
+    return {name: s.to("cpu") for name, s in stats.items()} if to_cpu else stats
 
 
 def _update(name: str, acts, *, stats, tokens, first, config, edges) -> None:
@@ -194,7 +196,7 @@ def save_checkpoint(out: Path, total: dict[str, BlockStats], next_shard: int,
     from qwen_interp.atomic import temp_file
     tensors = {}
     for name, block in total.items():
-        tensors.update({k: v.contiguous() for k, v in block.tensors(f"{name}:").items()})
+        tensors.update({k: v.contiguous().cpu() for k, v in block.tensors(f"{name}:").items()})
     tmp = temp_file(out / CHECKPOINT)
     try:
         save_file(tensors, str(tmp), metadata={"next_shard": str(next_shard),
@@ -205,7 +207,8 @@ def save_checkpoint(out: Path, total: dict[str, BlockStats], next_shard: int,
             tmp.unlink()
 
 
-def load_checkpoint(out: Path, names) -> tuple[dict[str, BlockStats] | None, int, int]:
+def load_checkpoint(out: Path, names, device="cpu"
+                    ) -> tuple[dict[str, BlockStats] | None, int, int]:
     """``(total, next shard, contexts done)``; ``(None, 0, 0)`` without a checkpoint."""
     path = out / CHECKPOINT
     if not path.exists():
@@ -214,7 +217,7 @@ def load_checkpoint(out: Path, names) -> tuple[dict[str, BlockStats] | None, int
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata()
-            tensors = {key: fh.get_tensor(key) for key in fh.keys()}
+            tensors = {key: fh.get_tensor(key).to(device) for key in fh.keys()}
         total = {name: BlockStats.from_tensors(tensors, f"{name}:") for name in names}
         return total, int(meta["next_shard"]), int(meta["contexts_done"])
     except Exception as exc:  # noqa: BLE001 - a damaged checkpoint: say so, never guess

@@ -31,7 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx-len", type=positive_int, default=128,
                    help="tokens per context, the special first token included")
     p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--shard-batches", type=positive_int, default=8,
+    p.add_argument("--shard-batches", type=positive_int, default=32,
                    help="batches per shard: the unit of work, of Ray tasks and of checkpoints")
     p.add_argument("--max-contexts", type=positive_int, default=None)
     p.add_argument("--top-k", type=positive_int, default=defaults.top_k)
@@ -45,6 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="run shards on Ray: a local instance, or ADDRESS (auto, ray://...)")
     p.add_argument("--workers", type=positive_int, default=None,
                    help="Ray actors (default: one per GPU, else one per CPU)")
+    p.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+                   help="checkpoint the running total this often (0: after every shard)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -92,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         trace.build_demo(hf_home, model, trace.DEFAULT_TRANSCODER)
     from .job import compute
     result = compute(config, args.out, device=args.device, ray_address=args.ray,
-                     ray_workers=args.workers, progress=not args.no_progress)
+                     ray_workers=args.workers, progress=not args.no_progress,
+                     checkpoint_seconds=args.checkpoint_every)
     report = result.report
     resumed = (f", resumed at shard {result.resumed_from_shard}"
                if result.resumed_from_shard else "")

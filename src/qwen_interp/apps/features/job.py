@@ -28,10 +28,13 @@ class RunResult:
 
 
 def compute(config: RunConfig, out: str | Path, *, device=None, ray_address: str | None = None,
-            ray_workers: int | None = None, progress: bool = True, session=None) -> RunResult:
+            ray_workers: int | None = None, progress: bool = True, session=None,
+            checkpoint_seconds: float = 60.0) -> RunResult:
     """Compute the statistics of ``config`` into folder ``out``. ``ray_address``: None runs in
     this process; ``"local"`` starts a local Ray instance; anything else is passed to
-    ``ray.init(address=...)`` (``"auto"``, ``"ray://host:10001"``)."""
+    ``ray.init(address=...)`` (``"auto"``, ``"ray://host:10001"``). The running total is
+    checkpointed when ``checkpoint_seconds`` have passed since the last checkpoint (0: after
+    every shard) and at the end; a killed run resumes from the last one."""
     from qwen_interp.atomic import lock_path, remove_leftovers, try_lock
 
     from .corpus import CorpusReport, resolve_sources
@@ -49,7 +52,8 @@ def compute(config: RunConfig, out: str | Path, *, device=None, ray_address: str
         if session is None:
             session = collect.load_session(config, device=device)
         names = list(collect.blocks(session))
-        total, next_shard, done = collect.load_checkpoint(out, names)
+        merge_device = session.model.cfg.device if ray_address is None else "cpu"
+        total, next_shard, done = collect.load_checkpoint(out, names, merge_device)
         report = CorpusReport(sources=sources)
         tokenizer = session.model.tokenizer
         first = collect.first_token_id(tokenizer)
@@ -61,23 +65,29 @@ def compute(config: RunConfig, out: str | Path, *, device=None, ray_address: str
             results: Iterator[tuple[int, int, int, dict]]
             if ray_address is None:
                 results = ((index, first_ctx, len(contexts), collect.shard_stats(
-                    session, contexts, first_ctx, config, on_batch=bar.update))
+                    session, contexts, first_ctx, config, on_batch=bar.update, to_cpu=False))
                     for index, first_ctx, contexts in todo)
             else:
                 from .ray_backend import ray_shard_stats
                 results = ray_shard_stats(config, todo, address=ray_address,
                                           workers=ray_workers, device=device,
                                           saes=list(session.saes.values()), on_shard=bar.update)
+            saved = time.monotonic()
             for index, _, n_contexts, stats in results:
                 total = collect.merge_into(total, stats)  # in shard order: exact
                 done += n_contexts
                 n_shards = index + 1
+                if time.monotonic() - saved >= checkpoint_seconds:
+                    collect.save_checkpoint(out, total, n_shards, done)
+                    saved = time.monotonic()
+            if total is not None and n_shards > next_shard:
                 collect.save_checkpoint(out, total, n_shards, done)
         finally:
             bar.close()
         if total is None:
             raise ValueError(f"corpus {config.corpus} gave no context of {config.ctx_len} "
                              f"tokens (documents: {report.documents}, tokens: {report.tokens})")
+        total = {name: block.to("cpu") for name, block in total.items()}
         write_outputs(out, config, session, total)
         seconds = time.perf_counter() - started
         summary = {**asdict(report), "contexts_computed": done,
