@@ -75,25 +75,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode.add_argument("--small", action="store_true", help="CPU, offline stand-in (default)")
     mode.add_argument("--real", action="store_true", help="GPU, Qwen3-1.7B-Base shapes")
     ap.add_argument("--clt-width", type=int, default=None, help="CLT features per layer "
-                    "(small: 1024; real: 20480)")
-    ap.add_argument("--sae-width", type=int, default=None, help="SAE width (small: 2048; real: "
+                    "(small: 512; real: 20480)")
+    ap.add_argument("--sae-width", type=int, default=None, help="SAE width (small: 1024; real: "
                     "32768)")
     ap.add_argument("--sae-k", type=int, default=None, help="SAE top-k (small: 16; real: 50)")
     ap.add_argument("--clt-fire-rate", type=float, default=0.01,
                     help="small: CLT thresholds calibrated to this fraction firing")
     ap.add_argument("--ctx-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--contexts", type=int, default=32, help="contexts timed per side in "
-                    "bare/stats/naive (whole batches)")
+    ap.add_argument("--contexts", type=int, default=None, help="contexts timed per side in "
+                    "bare/stats/naive, whole batches (small: 32; real: 64)")
     ap.add_argument("--repeats", type=int, default=2, help="timed rounds of bare/stats/naive, "
                     "interleaved; the best of each side is kept")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU) for "
                     "bare/stats/naive and the memory runs; the Ray part always uses 1")
-    ap.add_argument("--corpus-contexts", type=int, default=128,
+    ap.add_argument("--corpus-contexts", type=int, default=32,
                     help="contexts of the 1x corpus (memory: 1x and 10x)")
-    ap.add_argument("--ray-contexts", type=int, default=384,
+    ap.add_argument("--ray-contexts", type=int, default=192,
                     help="contexts of the Ray part (taken from the 10x corpus)")
-    ap.add_argument("--shard-batches", type=int, default=8)
+    ap.add_argument("--shard-batches", type=int, default=None, help="batches per shard "
+                    "(small: 4; real: 8)")
     ap.add_argument("--skip", default="", help="comma-separated parts to leave out: "
                     "naive, memory, ray")
     ap.add_argument("--workdir", default=None, help="work folder (default: a temporary one, "
@@ -101,8 +102,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--memory-run", type=int, default=None, metavar="SCALE",
                     help="internal: one memory measurement over the SCALE x corpus")
     args = ap.parse_args(argv)
-    defaults = (20480, 32768, 50) if args.real else (1024, 2048, 16)
-    for name, value in zip(("clt_width", "sae_width", "sae_k"), defaults, strict=True):
+    defaults = (20480, 32768, 50, 64, 8) if args.real else (512, 1024, 16, 32, 4)
+    names = ("clt_width", "sae_width", "sae_k", "contexts", "shard_batches")
+    for name, value in zip(names, defaults, strict=True):
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.contexts < args.batch or args.contexts % args.batch:

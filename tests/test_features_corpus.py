@@ -195,7 +195,8 @@ def test_packing_equals_per_document_reference(tmp_path, tokenizer, ctx_len):
         assert asdict(report) == {
             "sources": [str(path.resolve())], "documents": len(docs), "skipped_empty": 0,
             "skipped_undecodable": 0, "tokens": n_tokens, "contexts": len(expected),
-            "dropped_tail_tokens": tail}
+            "dropped_tail_tokens": tail, "input_bytes": path.stat().st_size,
+            "input_bytes_read": path.stat().st_size}
         # Every stream token is in a context or in the dropped tail.
         assert (report.contexts * (ctx_len - 1) + report.dropped_tail_tokens
                 == report.tokens + report.documents - 1)
@@ -341,3 +342,22 @@ def test_bad_input_fails_with_one_clear_error(tmp_path, tokenizer, hf_cache):
     hub_snapshot_dataset(hf_cache, "qwen-interp-tests/corpus-splits", {"train": [["t"]]})
     with pytest.raises(ValueError, match=r"no split 'validation'.*'train'"):
         resolve_sources("hf:qwen-interp-tests/corpus-splits:validation")
+
+
+def test_progress_reaches_the_corpus_size(tmp_path):
+    """input_bytes_read grows while reading (the ETA of `features compute` rests on it) and ends
+    at input_bytes: exactly for text files, within a byte per batch for Parquet."""
+    docs = [f"document number {i} " * (1 + i % 7) for i in range(3000)]
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    write_txt(folder / "a.txt", docs)
+    write_parquet(folder / "b.parquet", docs, row_group_size=500)
+    report = CorpusReport(sources=[])
+    seen = []
+    for i, _ in enumerate(iter_documents(str(folder), report=report)):
+        if i % 1000 == 0:
+            seen.append(report.input_bytes_read)
+    total = (folder / "a.txt").stat().st_size + (folder / "b.parquet").stat().st_size
+    assert report.input_bytes == total
+    assert seen == sorted(seen) and 0 < seen[1] < total
+    assert abs(report.input_bytes_read - total) <= 3000 // 1024 + 1

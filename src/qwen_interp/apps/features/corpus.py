@@ -70,6 +70,10 @@ class CorpusReport:
     tokens: int = 0  # document tokens packed (without separators / first tokens)
     contexts: int = 0  # contexts yielded
     dropped_tail_tokens: int = 0  # stream tokens after the last full context (not used)
+    # Progress, for an ETA: the sources' sizes in bytes, and how much of them has been read
+    # (Parquet files and datasets: their size times the fraction of rows read).
+    input_bytes: int = 0
+    input_bytes_read: int = 0
 
 
 # --- sources ---------------------------------------------------------------------------------
@@ -79,6 +83,7 @@ class _Source:
 
     name: str
     read: Callable[[CorpusReport], Iterator[str]]
+    size: int  # bytes (a dataset: its Arrow data)
 
 
 def resolve_sources(source: str, *, text_field: str = "text") -> list[str]:
@@ -110,15 +115,18 @@ def _resolve(source: str | os.PathLike, text_field: str) -> list[_Source]:
 
 def _file_source(path: Path, text_field: str) -> _Source:
     suffix = path.suffix.lower()
+    size = path.stat().st_size
     if suffix in TEXT_SUFFIXES:
-        return _Source(str(path), lambda report: _read_text_file(path, report))
+        return _Source(str(path), lambda report: _read_text_file(path, report), size)
     if suffix in JSON_LINES_SUFFIXES:
         if suffix == ".json":
             _check_json_lines(path)
-        return _Source(str(path), lambda report: _read_json_lines(path, text_field, report))
+        return _Source(str(path), lambda report: _read_json_lines(path, text_field, report),
+                       size)
     if suffix in PARQUET_SUFFIXES:
         _check_parquet(path, text_field)
-        return _Source(str(path), lambda report: _read_parquet(path, text_field, report))
+        return _Source(str(path), lambda report: _read_parquet(path, text_field, report, size),
+                       size)
     raise InputError(f"corpus file {path}: unsupported type {path.suffix or '(no suffix)'!r}; "
                      f"expected one of {', '.join(SUPPORTED_SUFFIXES)} (.json is read as JSON "
                      "Lines)")
@@ -290,7 +298,8 @@ def _dataset_source(dataset, name: str, text_field: str) -> _Source:
     if dtype not in ("string", "large_string", "binary", "large_binary", "string_view"):
         raise InputError(f"corpus source {name}: column {text_field!r} holds {feature}, "
                          "expected strings")
-    return _Source(name, lambda report: _read_dataset(dataset, text_field, report))
+    size = max(1, int(dataset.data.nbytes))
+    return _Source(name, lambda report: _read_dataset(dataset, text_field, report, size), size)
 
 
 # --- readers ---------------------------------------------------------------------------------
@@ -318,11 +327,12 @@ def _accept(value: Any, report: CorpusReport) -> str | None:
     return value
 
 
-def _lines(path: Path) -> Iterator[bytes]:
+def _lines(path: Path, report: CorpusReport) -> Iterator[bytes]:
     """The lines of ``path`` as bytes, without their newline (``\\n`` or ``\\r\\n``) and without
     a UTF-8 byte-order mark at the start of the file."""
     with open(path, "rb") as f:
         for i, raw in enumerate(f):
+            report.input_bytes_read += len(raw)
             if raw.endswith(b"\n"):
                 raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
             if i == 0 and raw.startswith(b"\xef\xbb\xbf"):
@@ -331,14 +341,14 @@ def _lines(path: Path) -> Iterator[bytes]:
 
 
 def _read_text_file(path: Path, report: CorpusReport) -> Iterator[str]:
-    for raw in _lines(path):
+    for raw in _lines(path, report):
         doc = _accept(raw, report)
         if doc is not None:
             yield doc
 
 
 def _read_json_lines(path: Path, text_field: str, report: CorpusReport) -> Iterator[str]:
-    for raw in _lines(path):
+    for raw in _lines(path, report):
         if not raw.strip():
             report.skipped_empty += 1
             continue
@@ -363,25 +373,31 @@ def _column_values(column) -> list:
     return column.to_pylist()
 
 
-def _read_arrow_batches(batches: Iterable, report: CorpusReport) -> Iterator[str]:
+def _read_arrow_batches(batches: Iterable, report: CorpusReport, size: int,
+                        rows: int) -> Iterator[str]:
     for batch in batches:
+        report.input_bytes_read += round(size * batch.num_rows / max(rows, 1))
         for value in _column_values(batch.column(0)):
             doc = _accept(value, report)
             if doc is not None:
                 yield doc
 
 
-def _read_parquet(path: Path, text_field: str, report: CorpusReport) -> Iterator[str]:
+def _read_parquet(path: Path, text_field: str, report: CorpusReport, size: int
+                  ) -> Iterator[str]:
     import pyarrow.parquet as pq
     with pq.ParquetFile(path) as parquet:
         yield from _read_arrow_batches(
-            parquet.iter_batches(batch_size=_ROWS_PER_BATCH, columns=[text_field]), report)
+            parquet.iter_batches(batch_size=_ROWS_PER_BATCH, columns=[text_field]), report,
+            size, parquet.metadata.num_rows)
 
 
-def _read_dataset(dataset, text_field: str, report: CorpusReport) -> Iterator[str]:
+def _read_dataset(dataset, text_field: str, report: CorpusReport, size: int
+                  ) -> Iterator[str]:
     # Arrow format: slices of the memory-mapped table, no Python copy of other columns.
     column = dataset.select_columns([text_field]).with_format("arrow")
-    yield from _read_arrow_batches(column.iter(batch_size=_ROWS_PER_BATCH), report)
+    yield from _read_arrow_batches(column.iter(batch_size=_ROWS_PER_BATCH), report, size,
+                                   dataset.num_rows)
 
 
 def iter_documents(source: str, *, text_field: str = "text",
@@ -393,6 +409,7 @@ def iter_documents(source: str, *, text_field: str = "text",
     if report is None:
         report = CorpusReport(sources=[])
     report.sources = [s.name for s in sources]
+    report.input_bytes = sum(s.size for s in sources)
     return _chain(sources, report)
 
 

@@ -77,6 +77,7 @@ def compute(config: RunConfig, out: str | Path, *, device=None, ray_address: str
                 total = collect.merge_into(total, stats)  # in shard order: exact
                 done += n_contexts
                 n_shards = index + 1
+                _estimate_total(bar, report, config)
                 if time.monotonic() - saved >= checkpoint_seconds:
                     collect.save_checkpoint(out, total, n_shards, done)
                     saved = time.monotonic()
@@ -126,7 +127,12 @@ def write_outputs(out: Path, config: RunConfig, session, total) -> None:
 
 
 class _NoBar:
+    total = n = 0
+
     def update(self, n: int = 1) -> None:
+        pass
+
+    def refresh(self) -> None:
         pass
 
     def close(self) -> None:
@@ -141,3 +147,14 @@ def _progress(enabled: bool, config: RunConfig, done_contexts: int):
     total = config.max_contexts * config.ctx_len if config.max_contexts else None
     return tqdm(total=total, initial=done_contexts * config.ctx_len, unit="tok",
                 unit_scale=True, desc="features", dynamic_ncols=True)
+
+
+def _estimate_total(bar, report, config: RunConfig) -> None:
+    """Total tokens, from the share of the corpus read so far, so the bar shows an ETA."""
+    if not (report.input_bytes and report.input_bytes_read):
+        return
+    estimate = report.contexts * config.ctx_len * report.input_bytes / report.input_bytes_read
+    if config.max_contexts:
+        estimate = min(estimate, config.max_contexts * config.ctx_len)
+    bar.total = max(int(estimate), bar.n)
+    bar.refresh()
