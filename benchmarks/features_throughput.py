@@ -17,11 +17,12 @@ side with what it replaces, on the same model, batch and contexts, in one run.
           torch at 1 thread everywhere (goal: 2 vs 1 >= 1.7x on CPU).
 
 Ray timing: Ray is started here before the runs, so its start-up is not counted; each run's
-actors still load the model. The shard phase is timed from the checkpoint written after the first
-W shards (every actor loaded and through one shard) to the last checkpoint, by watching the
-checkpoint file (one is written after every shard), and the rate is the tokens of the shards in
-between over that time. The in-process baseline is timed the same way (from the first
-checkpoint). Merging and checkpointing in the driver are part of that phase, as in a real run.
+actors still load the model. The shard phase is timed with job.compute's own progress updates
+(its bar is swapped for a recorder: per shard result on Ray, per batch in process), from the
+update that completes the first W shards (every actor loaded and through one shard) to the last;
+the rate is the tokens in between over that time. The in-process baseline is timed the same way
+(from the end of its first shard). The driver's merging is part of that phase, as in a real run;
+loading, the final checkpoint and the tables/sidecar are not.
 
 Modes:
 
@@ -509,7 +510,8 @@ def memory_child(args, work: Path) -> None:
     seconds = time.perf_counter() - t0
     sampler.done.set()
     sampler.join()
-    shard_end = (out / collect.CHECKPOINT).stat().st_mtime  # the last shard's checkpoint
+    # job.compute checkpoints after the last shard, before writing the tables and sidecar
+    shard_end = (out / collect.CHECKPOINT).stat().st_mtime
     print(json.dumps(dict(scale=scale, contexts=result.contexts, tokens=result.tokens,
                           shards=result.shards, seconds=round(seconds, 2),
                           rss_before_mb=round(rss0 / 1024, 1),
@@ -555,57 +557,51 @@ def gpu_memory(args, session, config, contexts_1x, log) -> dict:
     return rows
 
 
-# --- Ray: shard phase timed from the checkpoints ----------------------------------------------
-class CheckpointWatch(threading.Thread):
-    """Records (time, shards done) each time the run's checkpoint is replaced: the shard count is
-    in the safetensors header's metadata, read directly (8-byte length, then JSON)."""
+# --- Ray: shard phase timed from job.compute's own progress updates -------------------------
+class TimingBar:
+    """Stands in for job.compute's progress bar (the same calls: update, refresh, close, total,
+    n) and records (time, tokens done) at each update: per batch in process, per shard result
+    on Ray."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(daemon=True)
-        self.path = path
+    def __init__(self) -> None:
+        self.total = self.n = 0
         self.events: list[tuple[float, int]] = []
-        self.done = threading.Event()
-        self.seen = None  # inode of the last checkpoint read
 
-    def run(self) -> None:
-        while not self.done.wait(0.002):
-            self.poll()
-        self.poll()
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.events.append((time.perf_counter(), self.n))
 
-    def poll(self) -> None:
-        try:
-            inode = os.stat(self.path).st_ino
-            if inode == self.seen:
-                return
-            now = time.perf_counter()
-            with open(self.path, "rb") as f:
-                size = int.from_bytes(f.read(8), "little")
-                header = json.loads(f.read(size))
-            self.seen = inode
-            self.events.append((now, int(header["__metadata__"]["next_shard"])))
-        except (FileNotFoundError, ValueError, KeyError):
-            pass  # not written yet, or replaced while being read: the next poll sees it
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def timed_compute(config, out: Path, first_round: int, **kwargs) -> dict:
-    from qwen_interp.apps.features import collect, job
-    watch = CheckpointWatch(out / collect.CHECKPOINT)
-    watch.start()
+    """``job.compute`` with its progress bar swapped for a TimingBar (``job._progress`` is
+    restored after); the shard phase runs from the update that completes the first
+    ``first_round`` shards to the last update."""
+    from qwen_interp.apps.features import job
+    bar = TimingBar()
+    original = job._progress
+    job._progress = lambda enabled, config, done_contexts: bar
     t0 = time.perf_counter()
-    result = job.compute(config, out, progress=False, **kwargs)
+    try:
+        result = job.compute(config, out, progress=True, **kwargs)
+    finally:
+        job._progress = original
     total = time.perf_counter() - t0
-    watch.done.set()
-    watch.join()
-    start = next(((t, n) for t, n in watch.events if n >= first_round), None)
-    end = max(watch.events, key=lambda e: e[1]) if watch.events else None
+    shard_tokens = config.shard_contexts * config.ctx_len
+    start = next(((t, n) for t, n in bar.events if n >= first_round * shard_tokens), None)
     row = dict(contexts=result.contexts, shards=result.shards, total_s=round(total, 2))
-    if start is None or end is None or end[1] <= start[1]:
+    if start is None or not bar.events or bar.events[-1][1] <= start[1]:
         return {**row, "tok_s": None, "note": "too few shards to time a phase"}
-    contexts = result.contexts - start[1] * config.shard_contexts
+    end = bar.events[-1]
     seconds = end[0] - start[0]
-    return {**row, "timed_shards": end[1] - start[1], "timed_s": round(seconds, 2),
+    return {**row, "timed_shards": (end[1] - start[1]) / shard_tokens, "timed_s": round(seconds, 2),
             "to_first_round_s": round(start[0] - t0, 2),
-            "tok_s": round(contexts * config.ctx_len / seconds, 1)}
+            "tok_s": round((end[1] - start[1]) / seconds, 1)}
 
 
 def ray_part(args, work: Path, session, config, log) -> dict:
@@ -676,8 +672,8 @@ def table(rates: dict, mem: dict | None, ray_rows: dict | None, real: bool) -> s
                 note = f"{ratio(r['tok_s'], ray_rows[1]['tok_s'])} of 1 worker"
             elif side == 1:
                 note = f"{ratio(r['tok_s'], ray_rows['in-process']['tok_s'])} of in process"
-            row("ray", f"{name}: shard-phase tokens/s ({r.get('timed_shards', 0)} shards, "
-                f"run {r['total_s']} s)", r["tok_s"], note, ">= 1.7x" if side == 2 else "")
+            row("ray", f"{name}: shard-phase tokens/s ({r.get('timed_shards', 0):g} shards "
+                f"timed, run {r['total_s']} s)", r["tok_s"], note, ">= 1.7x" if side == 2 else "")
     return "\n".join(lines)
 
 
@@ -715,9 +711,8 @@ def run(args, work: Path) -> None:
     t0 = time.perf_counter()
     if args.real:
         import numpy as np
-
+        session, clt, n_layers, dtype = real_session(args, work, device)  # puts src/ on the path
         from qwen_interp.apps.features.collect import RunConfig
-        session, clt, n_layers, dtype = real_session(args, work, device)
         config = RunConfig(model=MODEL, transcoder="in memory", corpus="random tokens",
                            ctx_len=args.ctx_len, batch_size=args.batch,
                            shard_batches=args.shard_batches, dtype=str(dtype).split(".")[-1])
