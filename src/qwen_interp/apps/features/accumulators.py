@@ -104,6 +104,15 @@ class ExampleSet:
     def tensors(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def rows(self, index: torch.Tensor) -> ExampleSet:
+        return ExampleSet(**{name: t[index] for name, t in self.tensors().items()})
+
+    def with_rows(self, index: torch.Tensor, part: ExampleSet) -> ExampleSet:
+        """This set with rows ``index`` replaced by ``part`` (in place)."""
+        for name, t in self.tensors().items():
+            t[index] = getattr(part, name)
+        return self
+
     def merged(self, other: ExampleSet) -> ExampleSet:
         """The best ``k`` of both, by (key descending, gidx ascending); empties sort last."""
         k = self.key.shape[1]
@@ -121,18 +130,95 @@ def _take(t: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return t.gather(1, index)
 
 
-def best_rows(key: torch.Tensor, k: int) -> torch.Tensor:
-    """Row indices ``[k', F]`` (k' = min(k, rows)) of the ``k`` largest keys per column, ties to
-    the lower row: the same total order as :meth:`ExampleSet.merged` (rows are in gidx order).
-    ``topk`` alone leaves ties unordered, so a tie at the cut falls back to a stable sort."""
-    rows = key.shape[0]
-    if rows <= k:
-        return torch.sort(key, dim=0, descending=True, stable=True).indices
-    values, index = key.topk(k + 1, dim=0)
-    boundary_tie = (values[k - 1] == values[k]) & (values[k] > -math.inf)
-    if bool(boundary_tie.any()):  # the order inside the k does not matter: merged() sorts
-        return torch.sort(key, dim=0, descending=True, stable=True).indices[:k]
-    return index[:k]
+class _Batch:
+    """One batch's firing entries ``(row, feature)``, ready to offer to example sets."""
+
+    def __init__(self, acts, flat, tokens, row, feature, value, gidx, config: StatsConfig
+                 ) -> None:
+        self.acts, self.flat, self.tokens = acts, flat, tokens
+        self.row, self.feature, self.value = row, feature, value
+        self.gidx, self.config = gidx, config
+
+    def select(self, examples: ExampleSet, key: torch.Tensor, floor: torch.Tensor | None):
+        """This batch's entries that can enter ``examples`` (``key`` per entry, float64), as
+        ``(entries, key, features, slot, rank)``, or None. ``floor`` ``[F]``: a key that ``k``
+        entries elsewhere in the corpus reach (see :func:`floors`); entries below it cannot be
+        among the best ``k`` overall."""
+        width, k = examples.key.shape
+        # Only entries at or above their feature's current k-th key (and floor) can enter;
+        # ties are kept: the merge orders them by gidx.
+        bar = examples.key[:, k - 1] if floor is None else torch.maximum(examples.key[:, k - 1],
+                                                                          floor)
+        keep = (key >= bar[self.feature]).nonzero(as_tuple=True)[0]
+        if keep.numel() == 0:
+            return None
+        feature, key = self.feature[keep], key[keep]
+        # Per feature, the k best by (key desc, gidx asc): entries come in gidx order, so a
+        # stable sort by key and then a stable sort by feature give that order within features.
+        order = torch.argsort(key, descending=True, stable=True)
+        order = order[torch.argsort(feature[order], stable=True)]
+        by_feature = feature[order]
+        counts = torch.bincount(by_feature, minlength=width)
+        rank = torch.arange(len(order), device=key.device) - (counts.cumsum(0) - counts)[
+            by_feature]
+        chosen = order[rank < k]
+        features, slot = torch.unique(feature[chosen], return_inverse=True)
+        return keep[chosen], key[chosen], features, slot, rank[rank < k]
+
+    def add(self, examples: ExampleSet, selected, partners: torch.Tensor) -> ExampleSet:
+        """``examples`` with the ``selected`` entries merged in; ``partners`` ``[N, P]``."""
+        if selected is None:
+            return examples
+        entries, key, features, slot, rank = selected
+        # As wide as the most entries a feature brings (few, once the set has filled up).
+        found = ExampleSet.empty(len(features), int(rank.max()) + 1, self.config.window,
+                                 self.config.partners, key.device)
+        found.key[slot, rank] = key
+        found.gidx[slot, rank] = self.gidx[entries]
+        found.value[slot, rank] = self.value[entries]
+        acts, tokens = self.windows(self.row[entries], self.feature[entries])
+        found.acts[slot, rank] = acts
+        found.tokens[slot, rank] = tokens
+        found.partners[slot, rank] = partners[self.row[entries]]
+        merged = examples.rows(features).merged(found)
+        return examples.with_rows(features, merged)
+
+    def windows(self, row: torch.Tensor, feature: torch.Tensor):
+        """Token ids and this feature's activations around each entry ``[E, W]``; position 0
+        and positions outside the context: activation 0, outside: token EMPTY."""
+        config = self.config
+        ctx_len = self.acts.shape[1]
+        ctx, pos = row // ctx_len, row % ctx_len
+        offsets = torch.arange(-config.before, config.after + 1, device=row.device)
+        w_pos = pos.unsqueeze(-1) + offsets
+        inside = (w_pos >= 0) & (w_pos < ctx_len)
+        w_pos = w_pos.clamp(0, ctx_len - 1)
+        acts = self.acts[ctx.unsqueeze(-1), w_pos, feature.unsqueeze(-1)]
+        acts = torch.where(inside & (w_pos > 0), acts, 0) + 0.0  # + 0.0: no -0.0
+        tokens = self.tokens[ctx.unsqueeze(-1), w_pos].to(torch.int32)
+        return acts, torch.where(inside, tokens, EMPTY)
+
+    def partners(self, *selections) -> torch.Tensor:
+        """``[N, P]``: the block's strongest features (by value, ties to the lower feature) at
+        the tokens of the selected entries; EMPTY elsewhere and where fewer fire."""
+        n_rows = self.flat.shape[0]
+        table = torch.full((n_rows, self.config.partners), EMPTY, dtype=torch.int32,
+                           device=self.row.device)
+        needed = torch.zeros(n_rows, dtype=torch.bool, device=self.row.device)
+        for selected in selections:
+            if selected is not None:
+                needed[self.row[selected[0]]] = True
+        at = needed[self.row].nonzero(as_tuple=True)[0]  # entries at those tokens
+        if at.numel() == 0:
+            return table
+        order = at[torch.argsort(self.value[at], descending=True, stable=True)]
+        order = order[torch.argsort(self.row[order], stable=True)]
+        rows = self.row[order]
+        counts = torch.bincount(rows, minlength=n_rows)
+        rank = torch.arange(len(order), device=rows.device) - (counts.cumsum(0) - counts)[rows]
+        keep = rank < self.config.partners
+        table[rows[keep], rank[keep]] = self.feature[order[keep]].to(torch.int32)
+        return table
 
 
 # --- one block ---------------------------------------------------------------------------------
@@ -168,70 +254,53 @@ class BlockStats:
     # --- update with one batch --------------------------------------------------------------
     @torch.no_grad()
     def update(self, acts: torch.Tensor, tokens: torch.Tensor, first_context: int,
-               config: StatsConfig, edges: torch.Tensor) -> None:
+               config: StatsConfig, edges: torch.Tensor, floor: tuple | None = None) -> None:
         """Add a batch: ``acts`` ``[B, T, F]`` of this block, ``tokens`` ``[B, T]`` of contexts
         ``first_context .. first_context + B - 1``. Position 0 (the special first token) is not
-        counted anywhere and shows activation 0 in windows."""
+        counted anywhere and shows activation 0 in windows (``acts`` is zeroed there in place).
+        ``floor``: ``(top, sample)`` keys from :func:`floors` of statistics this block's will be
+        merged with.
+
+        Example selection works on the firing entries only (a few per token), and only on
+        those that can still enter: at or above the feature's current k-th key. After the first
+        batches almost nothing qualifies, so the cost is that of the dense sums."""
         acts = acts.detach().float()
-        batch, ctx_len, width = acts.shape
-        acts = torch.cat([torch.zeros_like(acts[:, :1]), acts[:, 1:]], dim=1)
-        flat = acts[:, 1:].reshape(-1, width)  # [N, F] rows in (context, position) order
-        rows = torch.arange(flat.shape[0], device=acts.device)
-        ctx = rows // (ctx_len - 1)
-        pos = rows % (ctx_len - 1) + 1
-        gidx = (ctx + first_context) * ctx_len + pos
+        acts[:, 0] = 0  # in place (the encoder's own output): no copy of the batch
+        _, ctx_len, width = acts.shape
+        flat = acts.reshape(-1, width)  # [N, F], row = context * ctx_len + position
         firing = flat > 0
 
-        self.n_tokens += flat.shape[0]
-        self.count += firing.sum(0)
-        self.sum += flat.sum(0, dtype=torch.float64)
-        self.sum_sq += (flat.double() ** 2).sum(0)
-        self.max = torch.maximum(self.max, flat.max(0).values.clamp_min(0))
-        self.min_active = torch.minimum(
-            self.min_active, torch.where(firing, flat, math.inf).min(0).values)
-
-        row, feature = firing.nonzero(as_tuple=True)
-        bins = torch.bucketize(flat[row, feature].double(), edges, right=True)
+        self.n_tokens += acts.shape[0] * (ctx_len - 1)
+        row, feature = firing.nonzero(as_tuple=True)  # row-major: rows ascend
+        value = flat[row, feature]
+        # float64 sums, deterministic (the exact-merge guarantee needs the same bits every
+        # run): scattered over the firing entries on the CPU, where index_add_ runs in order;
+        # dense on a GPU, where a scattered float add is not ordered but a reduction is.
+        if flat.is_cuda:
+            self.sum += flat.sum(0, dtype=torch.float64)
+            self.sum_sq += (flat * flat).sum(0, dtype=torch.float64)
+        else:
+            value64 = value.double()
+            self.sum.index_add_(0, feature, value64)
+            self.sum_sq.index_add_(0, feature, value64 * value64)
+        self.count += torch.bincount(feature, minlength=width)
+        self.max = self.max.scatter_reduce(0, feature, value, "amax")
+        self.min_active = self.min_active.scatter_reduce(0, feature, value, "amin")
+        bins = torch.bucketize(value.double(), edges, right=True)
         self.hist.view(-1).index_add_(0, feature * config.bins + bins,
                                       torch.ones_like(bins, dtype=torch.int64))
 
-        n_partners = min(config.partners, width)
-        strongest = flat.topk(n_partners, dim=1)
-        partners = torch.where(strongest.values > 0, strongest.indices, EMPTY).to(torch.int32)
-        if n_partners < config.partners:
-            partners = torch.cat([partners, partners.new_full(
-                (partners.shape[0], config.partners - n_partners), EMPTY)], dim=1)
-
-        def candidates(key: torch.Tensor, k: int) -> ExampleSet:
-            chosen = best_rows(key, k)  # [k', F]
-            keys = key.gather(0, chosen)
-            valid = keys > -math.inf
-            c_ctx, c_pos = ctx[chosen], pos[chosen]
-            offsets = torch.arange(-config.before, config.after + 1, device=acts.device)
-            w_pos = c_pos.unsqueeze(-1) + offsets  # [k', F, W]
-            inside = (w_pos >= 0) & (w_pos < ctx_len) & valid.unsqueeze(-1)
-            w_pos = w_pos.clamp(0, ctx_len - 1)
-            f_idx = torch.arange(width, device=acts.device).view(1, width, 1)
-            w_acts = acts[c_ctx.unsqueeze(-1), w_pos, f_idx]
-            w_tokens = tokens.to(acts.device)[c_ctx.unsqueeze(-1), w_pos].to(torch.int32)
-            found = ExampleSet(
-                key=keys.T, gidx=torch.where(valid, gidx[chosen], EMPTY).T,
-                value=torch.where(valid, flat.gather(0, chosen), 0).T,
-                acts=(torch.where(inside, w_acts, 0) + 0.0).transpose(0, 1),  # no -0.0
-                tokens=torch.where(inside, w_tokens, EMPTY).transpose(0, 1),
-                partners=torch.where(valid.unsqueeze(-1), partners[chosen], EMPTY
-                                     ).transpose(0, 1))
-            pad = k - found.key.shape[1]
-            if pad:
-                found = found.merged(ExampleSet.empty(width, pad, config.window,
-                                                      config.partners, acts.device))
-            return found
-
-        top_key = torch.where(firing, flat.double(), -math.inf)
-        self.top = self.top.merged(candidates(top_key, config.top_k))
-        priority = torch.as_tensor(token_priority(gidx.cpu().numpy()), device=acts.device)
-        sample_key = torch.where(firing, -priority.unsqueeze(1), -math.inf)
-        self.sample = self.sample.merged(candidates(sample_key, config.samples))
+        first = first_context * ctx_len
+        batch = _Batch(acts, flat, tokens.to(acts.device), row, feature, value, first + row,
+                       config)
+        top_floor, sample_floor = floor if floor is not None else (None, None)
+        top = batch.select(self.top, value.double(), top_floor)
+        priority = torch.as_tensor(token_priority(np.arange(first, first + flat.shape[0])),
+                                   device=acts.device)
+        sample = batch.select(self.sample, -priority[row], sample_floor)
+        partners = batch.partners(top, sample)
+        self.top = batch.add(self.top, top, partners)
+        self.sample = batch.add(self.sample, sample, partners)
 
     # --- merge and storage --------------------------------------------------------------------
     def merge(self, other: BlockStats) -> BlockStats:
@@ -274,3 +343,15 @@ def token_priority(gidx: np.ndarray) -> np.ndarray:
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     z = z ^ (z >> np.uint64(31))
     return (z >> np.uint64(11)).astype(np.float64)
+
+
+def floors(stats: BlockStats, previous: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per feature, the k-th best top key and sample key of ``stats`` (raised to ``previous``):
+    ``k`` entries reach it. A later shard's entry below it can never be among the best ``k`` of
+    a total that includes ``stats``, so it is skipped (:meth:`BlockStats.update`), and the
+    merged total stays exactly the same: only the work shrinks."""
+    top, sample = stats.top.key[:, -1].clone(), stats.sample.key[:, -1].clone()
+    if previous is not None:
+        top = torch.maximum(top, previous[0].to(top.device))
+        sample = torch.maximum(sample, previous[1].to(sample.device))
+    return top, sample

@@ -103,11 +103,14 @@ def blocks(session) -> dict[str, int]:
 
 
 def shard_stats(session, contexts: np.ndarray, first_context: int, config: RunConfig,
-                on_batch=None, to_cpu: bool = True) -> dict[str, BlockStats]:
+                on_batch=None, to_cpu: bool = True, floors: dict | None = None
+                ) -> dict[str, BlockStats]:
     """Statistics of one shard (``contexts`` ``[S, ctx_len]``, the first being context number
     ``first_context``), one forward pass per batch; results on the CPU, or left on the model's
     device (``to_cpu=False``: the in-process driver merges there, which is faster and gives the
-    same bits: float64 additions and stable sorts are exact on either)."""
+    same bits: float64 additions and stable sorts are exact on either). ``floors``: per block,
+    :func:`accumulators.floors` of statistics the result will be merged with (earlier shards):
+    a shard's own examples may then leave out what cannot survive that merge."""
     model = session.model
     device = model.cfg.device
     edges = HistogramBins(config.stats).tensor(device)
@@ -118,7 +121,8 @@ def shard_stats(session, contexts: np.ndarray, first_context: int, config: RunCo
         tokens = torch.as_tensor(contexts[start:start + config.batch_size], dtype=torch.long,
                                  device=device)
         update = functools.partial(_update, stats=stats, tokens=tokens,
-                                   first=first_context + start, config=config, edges=edges)
+                                   first=first_context + start, config=config, edges=edges,
+                                   floors=floors or {})
         hooks = []
         if session.has_clt:
             for layer in range(model.cfg.n_layers):
@@ -134,8 +138,8 @@ def shard_stats(session, contexts: np.ndarray, first_context: int, config: RunCo
     return {name: s.to("cpu") for name, s in stats.items()} if to_cpu else stats
 
 
-def _update(name: str, acts, *, stats, tokens, first, config, edges) -> None:
-    stats[name].update(acts, tokens, first, config.stats, edges)
+def _update(name: str, acts, *, stats, tokens, first, config, edges, floors) -> None:
+    stats[name].update(acts, tokens, first, config.stats, edges, floors.get(name))
 
 
 def _clt_hook(acts, hook, *, session, layer, update):

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import collect, export
+from . import accumulators, collect, export
 from .collect import RunConfig
 
 
@@ -64,9 +64,15 @@ def compute(config: RunConfig, out: str | Path, *, device=None, ray_address: str
         try:
             results: Iterator[tuple[int, int, int, dict]]
             if ray_address is None:
-                results = ((index, first_ctx, len(contexts), collect.shard_stats(
-                    session, contexts, first_ctx, config, on_batch=bar.update, to_cpu=False))
-                    for index, first_ctx, contexts in todo)
+                def in_process():
+                    for index, first_ctx, contexts in todo:
+                        # Examples that cannot beat the total so far are skipped (same result).
+                        floors = None if total is None else {
+                            name: accumulators.floors(block) for name, block in total.items()}
+                        yield index, first_ctx, len(contexts), collect.shard_stats(
+                            session, contexts, first_ctx, config, on_batch=bar.update,
+                            to_cpu=False, floors=floors)
+                results = in_process()
             else:
                 from .ray_backend import ray_shard_stats
                 results = ray_shard_stats(config, todo, address=ray_address,

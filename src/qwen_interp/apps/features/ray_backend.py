@@ -29,11 +29,15 @@ class ShardWorker:
             torch.set_num_threads(threads)
         self.config = config
         self.session = collect.load_session(config, device=device, saes=saes)
+        self.floors: dict = {}  # from this actor's earlier shards (accumulators.floors)
 
     def compute(self, index: int, first_context: int, contexts):
-        from . import collect
-        return index, first_context, len(contexts), collect.shard_stats(
-            self.session, contexts, first_context, self.config)
+        from . import accumulators, collect
+        stats = collect.shard_stats(self.session, contexts, first_context, self.config,
+                                    floors=self.floors)
+        self.floors = {name: accumulators.floors(block, self.floors.get(name))
+                       for name, block in stats.items()}
+        return index, first_context, len(contexts), stats
 
 
 def _compute(actor, item):
