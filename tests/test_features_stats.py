@@ -151,6 +151,14 @@ def test_statistics_equal_direct_reference(setup, single, reference):
                 np.testing.assert_allclose(window, a[c, lo:hi, f], rtol=1e-5, atol=1e-5)
                 tokens = block.top.tokens[f, slot].numpy()[off:off + hi - lo]
                 assert np.array_equal(tokens, contexts[c, lo:hi])
+                # co-activation: the strongest features at that token (ties: lower feature)
+                at = a[c, p]
+                firing_here = np.flatnonzero(at > 0)
+                strongest = firing_here[np.lexsort((firing_here, -at[firing_here]))]
+                strongest = strongest[:config.stats.partners]
+                partners = block.top.partners[f, slot].numpy()
+                assert list(partners[:len(strongest)]) == list(strongest), (name, f, slot)
+                assert (partners[len(strongest):] == -1).all()
 
 
 def test_random_sample_is_lowest_priority_firing_tokens(setup, single, reference):
