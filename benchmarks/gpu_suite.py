@@ -88,6 +88,9 @@ def gpu_steps(work: Path) -> list[Step]:
         Step("sae_cache_load", "sae_cache_load.py",
              ["--repeats", "2", "--workdir", str(work / "sae")], 60, "sae_cache_load.jsonl",
              expect_s=35),
+        # Not yet run on a GPU: the expected time is a guess the first run corrects.
+        Step("features", "features_throughput.py", ["--real", "--workdir", str(work / "feat")],
+             240, "features_throughput.jsonl", expect_s=120),
         # 1,000 tokens: upstream is expected to run out of memory, ours to take minutes; it
         # needs a call of its own (--only clt_build,attribution_long).
         Step("attribution_long", "attribution_memory.py", ["long"], 540,
@@ -108,6 +111,9 @@ def smoke_steps(work: Path) -> list[Step]:
              dict(SESSION_BENCH_DIR=str(work / "shared_session"))),
         Step("sae_cache_load", "sae_cache_load.py",
              ["--repeats", "1", "--workdir", str(work / "sae")], 180, "sae_cache_load.jsonl"),
+        Step("features", "features_throughput.py",
+             ["--small", "--skip", "memory,ray", "--contexts", "32", "--repeats", "1",
+              "--workdir", str(work / "features")], 180, "features_throughput.jsonl"),
     ]
 
 
@@ -296,6 +302,31 @@ def sae_rows(records, tol) -> list[dict]:
     ]
 
 
+def features_rows(records, tol) -> list[dict]:
+    """The statistics pass against the bare forward (same model, CLT and SAE on every layer)
+    and against the naive per-tool loop; GPU memory at 1x and 10x the contexts."""
+    sides = {r["side"]: r["tok_s"] for r in records if r.get("part") == "throughput"}
+    rows = []
+    if "stats" in sides:
+        rows.append(row("statistics pass tokens/s vs bare forward (goal ≥ 0.8x)",
+                        sides["stats"], sides.get("bare"), "tok/s", "higher"))
+        rows.append(row("statistics pass tokens/s vs naive per-tool loop", sides["stats"],
+                        sides.get("naive"), "tok/s", "higher"))
+    memory = {r.get("scale"): r for r in records if r.get("part") == "memory"}
+    if 1 in memory and 10 in memory:
+        key = next((k for k in ("peak_gpu_mb_above_loaded", "peak_rss_shards_mb", "peak_rss_mb")
+                    if k in memory[1]), None)
+        if key:
+            rows.append(row(f"memory at 10x vs 1x contexts ({key}; goal: flat)",
+                            memory[10][key], memory[1][key], "MB", "lower"))
+    agree = last(records, part="agreement")
+    if agree:
+        mismatches = sum(v["count_mismatches"] for v in agree["naive_vs_stats"].values())
+        rows.append(check("firing counts, statistics pass vs naive loop: mismatches",
+                          mismatches, mismatches == 0, 0))
+    return rows
+
+
 EXTRACT = {
     "forward": forward_rows,
     "model_load": model_load_rows,
@@ -305,6 +336,7 @@ EXTRACT = {
     "attribution_long": lambda recs, tol: attribution_rows(recs, tol, "long"),
     "shared_session": session_rows,
     "sae_cache_load": sae_rows,
+    "features": features_rows,
 }
 
 
