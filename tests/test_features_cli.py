@@ -134,3 +134,22 @@ def test_every_node_of_a_graph_resolves_in_the_sidecar(hub, tmp_path):
         assert record["transcoder_id"] == CLT
         assert len(record["histogram"]) == 50 and len(record["quantile_values"]) == 100
         assert np.isfinite(record["act_max"])
+
+
+def test_a_changed_corpus_is_not_mixed_into_a_run(hub, cli, tmp_path):
+    corpus = tmp_path / "docs.txt"
+    make_corpus(corpus, n_docs=20)
+    args = ["features", "compute", "--model", MODEL, "--transcoder", CLT, "--corpus",
+            str(corpus), "--out", str(tmp_path / "o"), *SMALL]
+    assert cli(*args).returncode == 0
+    with open(corpus, "a") as fh:
+        fh.write("One more document appended later.\n")
+    again = cli(*args)
+    assert again.returncode == 1 and "other settings (corpus_files)" in again.stderr
+
+
+def test_demo_with_a_hub_dataset_is_one_line(cli, tmp_path):
+    out = cli("features", "compute", "--corpus", "hf:someone/dataset", "--out",
+              str(tmp_path / "o"))
+    assert out.returncode == 1 and out.stderr.count("\n") == 1
+    assert "needs --model and --transcoder" in out.stderr

@@ -229,17 +229,31 @@ def load_checkpoint(out: Path, names, device="cpu"
                          "recompute from the start") from None
 
 
-def check_run_folder(out: Path, config: RunConfig) -> None:
-    """A folder holds one run: refuse to mix statistics of different settings."""
+def run_identity(config: RunConfig, sources: list[str]) -> dict:
+    """What ``run.json`` holds: the settings, and the corpus files as they are now (size and
+    modification time), so a resumed run never mixes two versions of a corpus."""
+    files = []
+    for source in sources:
+        path = Path(source)
+        if path.is_file():
+            stat = path.stat()
+            files.append([source, stat.st_size, stat.st_mtime_ns])
+        else:
+            files.append([source])
+    return {**config.identity(), "corpus_files": files}
+
+
+def check_run_folder(out: Path, identity: dict) -> None:
+    """A folder holds one run: refuse to mix statistics of different settings or corpora."""
     run_file = out / RUN_FILE
     if run_file.exists():
         try:
             previous = json.loads(run_file.read_text())
         except (OSError, ValueError) as exc:
             raise ValueError(f"{run_file} is unreadable ({exc}); use another --out") from None
-        if previous != config.identity():
-            changed = sorted(k for k in set(previous) | set(config.identity())
-                             if previous.get(k) != config.identity().get(k))
+        if previous != identity:
+            changed = sorted(k for k in set(previous) | set(identity)
+                             if previous.get(k) != identity.get(k))
             raise ValueError(f"{out} holds a run with other settings ({', '.join(changed)}); "
                              "use another --out, or delete it")
 

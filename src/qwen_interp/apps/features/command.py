@@ -87,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
         resolve_sources(args.corpus, text_field=args.text_field)
     trace.resolve_device(args.device)
     quiet_trust_remote_code_warning()
+    if demo and args.corpus.startswith("hf:"):
+        raise ValueError(f"--corpus {args.corpus}: a dataset from the Hugging Face cache needs "
+                         "--model and --transcoder (the offline demo uses a cache of its own)")
     if demo:
         hf_home = trace.use_demo_hub()
         print(f"offline demo: small random-weight {model} and {trace.DEFAULT_TRANSCODER} in "

@@ -46,8 +46,9 @@ def compute(config: RunConfig, out: str | Path, *, device=None, ray_address: str
         if not free:
             raise ValueError(f"another run is writing to {out}; wait for it or use another --out")
         remove_leftovers(out, others=True)
-        collect.check_run_folder(out, config)
-        collect.write_json(out / collect.RUN_FILE, config.identity())
+        identity = collect.run_identity(config, sources)
+        collect.check_run_folder(out, identity)
+        collect.write_json(out / collect.RUN_FILE, identity)
         started = time.perf_counter()
         if session is None:
             session = collect.load_session(config, device=device)
