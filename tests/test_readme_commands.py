@@ -189,6 +189,7 @@ def test_features_from_a_folder_with_a_corpus(tmp_path):
         assert out.returncode == 0, out.stdout + out.stderr
         assert "Traceback" not in out.stderr
         assert "features: " in out.stdout and "40 documents used" in out.stdout
+        assert "tok/s" in out.stderr  # the progress bar: throughput (and ETA) on stderr
         assert (work / "features_out" / "features" / "index.json.gz").is_file()
         outs[name] = pq.read_table(work / "features_out" / "tables" / "clt.parquet")
     assert outs["plain"].equals(outs["ray"])

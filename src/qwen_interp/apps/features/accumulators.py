@@ -104,6 +104,22 @@ class ExampleSet:
     def tensors(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def packed(self) -> dict[str, torch.Tensor]:
+        """The used slots only (a shard's sets are mostly empty once floors apply): what Ray
+        carries back. :meth:`unpacked` restores the set exactly."""
+        feature, slot = (self.gidx != EMPTY).nonzero(as_tuple=True)
+        return {"shape": torch.tensor(self.acts.shape), "feature": feature, "slot": slot,
+                **{name: t[feature, slot] for name, t in self.tensors().items()}}
+
+    @classmethod
+    def unpacked(cls, packed: dict[str, torch.Tensor]) -> ExampleSet:
+        width, k, window = packed["shape"].tolist()
+        out = cls.empty(width, k, window, packed["partners"].shape[-1], "cpu")
+        feature, slot = packed["feature"], packed["slot"]
+        for name, t in out.tensors().items():
+            t[feature, slot] = packed[name]
+        return out
+
     def rows(self, index: torch.Tensor) -> ExampleSet:
         return ExampleSet(**{name: t[index] for name, t in self.tensors().items()})
 
@@ -329,6 +345,24 @@ class BlockStats:
                 for part in ("top", "sample")}
         plain = {f.name: get(f.name) for f in fields(cls) if f.name not in sets}
         return cls(**plain, **sets)
+
+    def packed(self) -> dict:
+        """A compact copy for transfer: used example slots and non-zero histogram bins only."""
+        bins = self.hist.view(-1).nonzero(as_tuple=True)[0]
+        plain = {name: getattr(self, name) for name in
+                 ("n_tokens", "count", "sum", "sum_sq", "max", "min_active")}
+        return {**plain, "hist_shape": torch.tensor(self.hist.shape), "hist_index": bins,
+                "hist_count": self.hist.view(-1)[bins], "top": self.top.packed(),
+                "sample": self.sample.packed()}
+
+    @classmethod
+    def unpacked(cls, packed: dict) -> BlockStats:
+        hist = torch.zeros(packed["hist_shape"].tolist(), dtype=torch.int64)
+        hist.view(-1)[packed["hist_index"]] = packed["hist_count"]
+        plain = {name: packed[name] for name in
+                 ("n_tokens", "count", "sum", "sum_sq", "max", "min_active")}
+        return cls(**plain, hist=hist, top=ExampleSet.unpacked(packed["top"]),
+                   sample=ExampleSet.unpacked(packed["sample"]))
 
     def to(self, device) -> BlockStats:
         return BlockStats.from_tensors({k: v.to(device) for k, v in self.tensors().items()})

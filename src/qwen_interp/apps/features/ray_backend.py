@@ -13,6 +13,8 @@ import itertools
 import os
 from collections.abc import Iterable, Iterator
 
+from .accumulators import BlockStats
+
 # Environment a worker needs to find the same weights offline and behave as the driver does.
 PASSED_ENV = ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
               "HF_DATASETS_OFFLINE", "QWEN_INTERP_CACHE", "QWEN_INTERP_PLUGINS")
@@ -37,7 +39,8 @@ class ShardWorker:
                                     floors=self.floors)
         self.floors = {name: accumulators.floors(block, self.floors.get(name))
                        for name, block in stats.items()}
-        return index, first_context, len(contexts), stats
+        packed = {name: block.packed() for name, block in stats.items()}  # a fraction to send
+        return index, first_context, len(contexts), packed
 
 
 def _compute(actor, item):
@@ -81,7 +84,9 @@ def ray_shard_stats(config, shards: Iterable, *, address: str, workers: int | No
                 pool.submit(_compute, following)
             if on_shard is not None:
                 on_shard(result[2] * config.ctx_len)
-            yield result
+            index, first_context, n_contexts, packed = result
+            yield index, first_context, n_contexts, {
+                name: BlockStats.unpacked(block) for name, block in packed.items()}
     finally:
         if started_here:
             ray.shutdown()
