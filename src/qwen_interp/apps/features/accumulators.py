@@ -329,6 +329,23 @@ class BlockStats:
             hist=self.hist + other.hist, top=self.top.merged(other.top),
             sample=self.sample.merged(other.sample))
 
+    def merge_(self, other: BlockStats) -> BlockStats:
+        """:meth:`merge`, in place and touching only the features ``other`` has examples for
+        (after the first shards, a few): the same result, a fraction of the work."""
+        self.n_tokens += other.n_tokens
+        self.count += other.count
+        self.sum += other.sum
+        self.sum_sq += other.sum_sq
+        self.max = torch.maximum(self.max, other.max)
+        self.min_active = torch.minimum(self.min_active, other.min_active)
+        self.hist += other.hist
+        for part in ("top", "sample"):
+            mine, theirs = getattr(self, part), getattr(other, part)
+            rows = (theirs.gidx[:, 0] != EMPTY).nonzero(as_tuple=True)[0]  # best first
+            if rows.numel():
+                mine.with_rows(rows, mine.rows(rows).merged(theirs.rows(rows)))
+        return self
+
     def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
         out = {f"{prefix}{f.name}": getattr(self, f.name) for f in fields(self)
                if f.name not in ("top", "sample")}

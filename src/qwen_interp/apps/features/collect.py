@@ -152,9 +152,10 @@ def _sae_hook(acts, hook, *, sae, layer, update):
 
 def merge_into(total: dict[str, BlockStats] | None, shard: dict[str, BlockStats]
                ) -> dict[str, BlockStats]:
+    """``total`` with ``shard`` added (in place: the driver owns ``total``)."""
     if total is None:
         return shard
-    return {name: total[name].merge(shard[name]) for name in total}
+    return {name: total[name].merge_(shard[name]) for name in total}
 
 
 # --- shards of the corpus ----------------------------------------------------------------------
