@@ -92,7 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "bare/stats/naive and the memory runs; the Ray part always uses 1")
     ap.add_argument("--corpus-contexts", type=int, default=32,
                     help="contexts of the 1x corpus (memory: 1x and 10x)")
-    ap.add_argument("--ray-contexts", type=int, default=192,
+    ap.add_argument("--ray-contexts", type=int, default=320,
                     help="contexts of the Ray part (taken from the 10x corpus)")
     ap.add_argument("--shard-batches", type=int, default=None, help="batches per shard "
                     "(small: 4; real: 8)")
