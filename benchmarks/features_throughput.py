@@ -131,15 +131,11 @@ def offline_environment(work: Path) -> None:
 
 # --- run record -----------------------------------------------------------------------------
 def git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        recorded = ROOT / ".whl" / "gpu_suite" / "COMMIT"
-        return recorded.read_text().strip() if recorded.exists() else "unknown"
+    """The suite's own record of the commit (HEAD, or what --prepare recorded on a GPU machine
+    that gets the working tree without .git)."""
+    sys.path.insert(0, str(HERE))
+    from gpu_suite import git_commit as suite_commit
+    return suite_commit()
 
 
 def environment() -> dict:
