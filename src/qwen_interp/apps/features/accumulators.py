@@ -22,6 +22,7 @@ Memory is ``F × (k + s) × window`` plus ``F × bins``: independent of the corp
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, fields
 
@@ -311,8 +312,7 @@ class BlockStats:
                        config)
         top_floor, sample_floor = floor if floor is not None else (None, None)
         top = batch.select(self.top, value.double(), top_floor)
-        priority = torch.as_tensor(token_priority(np.arange(first, first + flat.shape[0])),
-                                   device=acts.device)
+        priority = _row_priorities(first, flat.shape[0], acts.device)
         sample = batch.select(self.sample, -priority[row], sample_floor)
         partners = batch.partners(top, sample)
         self.top = batch.add(self.top, top, partners)
@@ -383,6 +383,13 @@ class BlockStats:
 
     def to(self, device) -> BlockStats:
         return BlockStats.from_tensors({k: v.to(device) for k, v in self.tensors().items()})
+
+
+@functools.lru_cache(maxsize=4)
+def _row_priorities(first: int, rows: int, device) -> torch.Tensor:
+    """Priorities of a batch's rows, computed once for all its blocks (every CLT layer and
+    SAE sees the same batch)."""
+    return torch.as_tensor(token_priority(np.arange(first, first + rows)), device=device)
 
 
 def token_priority(gidx: np.ndarray) -> np.ndarray:
