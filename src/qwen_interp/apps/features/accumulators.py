@@ -3,7 +3,8 @@
 A :class:`BlockStats` holds, for each of the block's ``F`` features:
 
 - ``count`` firing tokens (activation > 0), ``n_tokens`` tokens seen (the block-wide total);
-- ``sum`` and ``sum_sq`` of activations (float64), ``max`` and ``min_active`` (float32);
+- ``sum`` and ``sum_sq`` of activations (float64; activations are >= 0 for every supported
+  dictionary, so tokens that do not fire add nothing), ``max`` and ``min_active`` (float32);
 - ``hist``: counts in fixed log-spaced bins (:class:`HistogramBins`), the same bins for every
   shard, so histograms add;
 - ``top``: the ``k`` highest activations, and ``sample``: a uniform random sample of ``s``
