@@ -26,7 +26,6 @@ rewrite one in place: a process that has it mapped would get SIGBUS.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -39,7 +38,7 @@ from pathlib import Path
 
 from qwen_interp import settings
 from qwen_interp.atomic import (HASH_NAME, digest, file_lock, lock_path, remove_leftovers,
-                                temp_file)
+                                replace_file)
 from qwen_interp.errors import CheckpointError
 from qwen_interp.paths import cache_root  # one root for every plugin
 
@@ -249,18 +248,15 @@ def write_atomic(tensors: dict, target: Path, source: str) -> None:
     """Write a safetensors file next to ``target`` and rename it into place."""
     from safetensors.torch import save_file
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_file(target)
-    try:
+
+    def write(tmp: Path) -> None:
         save_file(tensors, tmp, metadata={"format": CACHE_FORMAT, "source": str(source),
                                           HASH_NAME: _tensor_digest(tensors),
                                           **_source_fingerprint(source)})
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
-        _verified[str(target)] = _stat_id(target)  # we hashed exactly what we wrote
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    replace_file(target, write)
+    _verified[str(target)] = _stat_id(target)  # we hashed exactly what we wrote
 
 
 def read_layer(source: str | os.PathLike, expected: Expected, group: str | None = None,

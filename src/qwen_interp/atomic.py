@@ -44,6 +44,19 @@ def temp_file(final: Path) -> Path:
     return Path(tmp)
 
 
+def replace_file(final: Path, write: Callable[[Path], object]) -> None:
+    """Write ``final`` atomically: ``write(tmp)`` fills a private temporary file next to it,
+    which is then renamed onto ``final``. If ``write`` raises (or the process dies), ``final``
+    is untouched and the temporary file is gone (or swept by :func:`remove_leftovers`)."""
+    tmp = temp_file(final)
+    try:
+        write(tmp)
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
 def temp_folder(final: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{final.name}{TEMP_TAG}", dir=final.parent))
 

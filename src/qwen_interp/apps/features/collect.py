@@ -16,10 +16,8 @@ CLT's viewer sidecar) and ``report.json``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -198,18 +196,12 @@ def save_checkpoint(out: Path, total: dict[str, BlockStats], next_shard: int,
     """Atomically replace the checkpoint (temporary file, then rename)."""
     from safetensors.torch import save_file
 
-    from qwen_interp.atomic import temp_file
+    from qwen_interp.atomic import replace_file
     tensors = {}
     for name, block in total.items():
         tensors.update({k: v.contiguous().cpu() for k, v in block.tensors(f"{name}:").items()})
-    tmp = temp_file(out / CHECKPOINT)
-    try:
-        save_file(tensors, str(tmp), metadata={"next_shard": str(next_shard),
-                                               "contexts_done": str(contexts_done)})
-        os.replace(tmp, out / CHECKPOINT)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    metadata = {"next_shard": str(next_shard), "contexts_done": str(contexts_done)}
+    replace_file(out / CHECKPOINT, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_checkpoint(out: Path, names, device="cpu"
@@ -260,11 +252,5 @@ def check_run_folder(out: Path, identity: dict) -> None:
 
 
 def write_json(path: Path, data) -> None:
-    from qwen_interp.atomic import temp_file
-    tmp = temp_file(path)
-    try:
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    from qwen_interp.atomic import replace_file
+    replace_file(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))

@@ -295,28 +295,21 @@ def _example_lists(examples: ExampleSet, ctx_len: int):
 
 def write_parquet(path: Path, tables, metadata: dict) -> None:
     """Write the tables (one per block, same schema) as one Parquet file, atomically."""
-    import contextlib
     import json
-    import os
 
     import pyarrow.parquet as pq
 
-    from qwen_interp.atomic import temp_file
-    tmp = temp_file(path)
-    writer = None
-    try:
-        for table in tables:
-            if writer is None:
-                schema = table.schema.with_metadata(
-                    {"qwen_interp": json.dumps(metadata)})
-                writer = pq.ParquetWriter(str(tmp), schema)
-            writer.write_table(table.replace_schema_metadata(schema.metadata))
-        if writer is not None:
-            writer.close()
-            writer = None
-            os.replace(tmp, path)
-    finally:
-        if writer is not None:
-            writer.close()
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    from qwen_interp.atomic import replace_file
+
+    def write(tmp: Path) -> None:
+        writer = None
+        try:
+            for table in tables:
+                if writer is None:
+                    schema = table.schema.with_metadata({"qwen_interp": json.dumps(metadata)})
+                    writer = pq.ParquetWriter(str(tmp), schema)
+                writer.write_table(table.replace_schema_metadata(schema.metadata))
+        finally:
+            if writer is not None:
+                writer.close()
+    replace_file(path, write)
