@@ -614,13 +614,14 @@ def ray_part(args, work: Path, session, config, log) -> dict:
     import ray
     import torch
 
-    from qwen_interp.apps.features.ray_backend import PASSED_ENV
+    from qwen_interp.apps.features.ray_backend import PASSED_PREFIXES
     torch.set_num_threads(1)  # the baseline runs as each Ray worker does
     config = replace(config, corpus=str(work / "corpus-10x.txt"),
                      max_contexts=args.ray_contexts)
     rows = {"in-process": timed_compute(config, work / "ray-0", 1, session=session)}
     log(part="ray", side="in-process", threads=1, **rows["in-process"])
-    env = {key: os.environ[key] for key in PASSED_ENV if key in os.environ}
+    env = {key: value for key, value in os.environ.items()
+           if key.startswith(PASSED_PREFIXES)}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": env})
     try:

@@ -3,6 +3,7 @@ pytest discourages importing conftest, so plain functions and constants live her
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -84,3 +85,21 @@ def run_cli_in_process(args, capsys, monkeypatch, env: dict | None = None,
     stderr += "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
                       for w in caught)
     return subprocess.CompletedProcess(["qwen-interp", *map(str, args)], code, out.out, stderr)
+
+
+@contextlib.contextmanager
+def stand_in_dictionaries(hub, registry):
+    """The small offline Qwen3-1.7B-Base's CLT (``bluelight-qwen3-1.7b``) and a tied test SAE
+    release on its 3 layers, the release registered while the block is open; yields it."""
+    import qwen_interp
+    from qwen_interp.apps.testing.sae_hub import SAEReleasePlugin, qwen_scope_snapshot, tiny_release
+    spec = registry.model("Qwen/Qwen3-1.7B-Base")
+    release = tiny_release(spec, tied=True)
+    qwen_scope_snapshot(hub, release, range(3), tied=True)
+    hub.transcoder(registry.transcoder_release("bluelight-qwen3-1.7b"), spec)
+    plugin = SAEReleasePlugin([release])
+    qwen_interp.register_plugin(plugin)
+    try:
+        yield release
+    finally:
+        qwen_interp.unregister_plugin(plugin)

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import stand_in_dictionaries
+
 SAE_LAYERS = (0, 2)
 WORDS = ("the cat sat on a warm mat while rain fell over quiet hills and an old dog slept by "
          "the door because winter had come early to the small town of Alder").split()
@@ -31,18 +33,10 @@ def make_corpus(path, n_docs: int = 60) -> None:
 
 @pytest.fixture(scope="module")
 def setup(qwen_offline_hub, qwen_registry, tmp_path_factory):
-    import qwen_interp
-    from qwen_interp.apps.testing.sae_hub import SAEReleasePlugin, qwen_scope_snapshot, tiny_release
-    spec = qwen_registry.model("Qwen/Qwen3-1.7B-Base")
-    release = tiny_release(spec, tied=True)
-    qwen_scope_snapshot(qwen_offline_hub, release, range(3), tied=True)
-    qwen_offline_hub.transcoder(qwen_registry.transcoder_release("bluelight-qwen3-1.7b"), spec)
-    plugin = SAEReleasePlugin([release])
-    qwen_interp.register_plugin(plugin)
     corpus = tmp_path_factory.mktemp("corpus") / "docs.txt"
     make_corpus(corpus)
-    yield release, corpus
-    qwen_interp.unregister_plugin(plugin)
+    with stand_in_dictionaries(qwen_offline_hub, qwen_registry) as release:
+        yield release, corpus
 
 
 def run_config(release, corpus, **kw):

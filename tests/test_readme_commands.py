@@ -102,15 +102,21 @@ def test_readme_command_on_the_builtin_default(command, tmp_path):
 def test_trace_on_real_checkpoints_fails_in_one_line_here(tmp_path):
     """The README's real-checkpoint trace needs the Hub (or a filled HF cache) and a GPU; here it
     must end in one clear line, not a traceback, and write nothing."""
-    command = next(c for c in ELSEWHERE if "--device cuda" in c)
-    out = shell(command, tmp_path, env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    command = next(c for c in ELSEWHERE if c.startswith("qwen-interp trace") and "cuda" in c)
+    _fails_in_one_line_here(command, tmp_path, "qwen-interp trace: error: ")
+    assert not (tmp_path / "graph_files" / "qwen-trace.json").exists()
+
+
+def _fails_in_one_line_here(command: str, cwd: Path, prefix: str) -> None:
+    """A real-checkpoint command on this machine (no Hub, an empty HF cache, no GPU): exit 1 and
+    one line on stderr starting with ``prefix``, never a traceback."""
+    out = shell(command, cwd, env={"HF_HOME": str(cwd / "hf"), "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("qwen-interp trace: error: "), out.stderr
+    assert len(lines) == 1 and lines[0].startswith(prefix), out.stderr
     import torch
     if not torch.cuda.is_available():
         assert "no CUDA device" in lines[0]
-    assert not (tmp_path / "graph_files" / "qwen-trace.json").exists()
 
 
 def _get(url: str, deadline: float) -> bytes:
@@ -199,11 +205,5 @@ def test_features_from_a_folder_with_a_corpus(tmp_path):
 def test_features_on_real_checkpoints_fails_in_one_line_here(tmp_path):
     command = next(c for c in ELSEWHERE if "features compute" in c and "--device cuda" in c)
     _write_corpus(tmp_path)
-    out = shell(command, tmp_path, env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
-    assert out.returncode == 1
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("qwen-interp features: error: "), out.stderr
-    import torch
-    if not torch.cuda.is_available():
-        assert "no CUDA device" in lines[0]
+    _fails_in_one_line_here(command, tmp_path, "qwen-interp features: error: ")
     assert not (tmp_path / "features_out" / "report.json").exists()

@@ -11,23 +11,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import SEED_PROMPT
+from helpers import SEED_PROMPT, stand_in_dictionaries
 
 LAYERS = [0, 2]
 
 
 @pytest.fixture(scope="module")
 def setup(qwen_offline_hub, qwen_registry):
-    import qwen_interp
-    from qwen_interp.apps.testing.sae_hub import SAEReleasePlugin, qwen_scope_snapshot, tiny_release
-    spec = qwen_registry.model("Qwen/Qwen3-1.7B-Base")
-    release = tiny_release(spec, tied=True)
-    qwen_scope_snapshot(qwen_offline_hub, release, range(3), tied=True)
-    qwen_offline_hub.transcoder(qwen_registry.transcoder_release("bluelight-qwen3-1.7b"), spec)
-    plugin = SAEReleasePlugin([release])
-    qwen_interp.register_plugin(plugin)
-    yield release
-    qwen_interp.unregister_plugin(plugin)
+    with stand_in_dictionaries(qwen_offline_hub, qwen_registry) as release:
+        yield release
 
 
 @pytest.fixture(scope="module")

@@ -127,10 +127,7 @@ def run_trace(args: argparse.Namespace) -> int:
     model = args.model or trace.DEFAULT_MODEL
     transcoder = args.transcoder or trace.DEFAULT_TRANSCODER
     if demo:
-        hf_home = trace.use_demo_hub()
-        print(f"offline demo: small random-weight {model} and {transcoder} in {hf_home} "
-              "(pass --model/--transcoder for real checkpoints)")
-        trace.build_demo(hf_home, model, transcoder)
+        trace.start_demo(model, transcoder)
     trace.run_trace(model, transcoder, prompt=args.prompt, out_dir=args.out,
                     backend=args.backend, device=args.device, dtype=args.dtype,
                     max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size)

@@ -38,6 +38,16 @@ def use_demo_hub() -> Path:
     return hf_home
 
 
+def start_demo(model: str, transcoder: str) -> Path:
+    """The offline demo, as the CLI's commands run it: the demo cache, said in one line, and the
+    small model and CLT built there once."""
+    hf_home = use_demo_hub()
+    print(f"offline demo: small random-weight {model} and {transcoder} in {hf_home} "
+          "(pass --model/--transcoder for real checkpoints)")
+    build_demo(hf_home, model, transcoder)
+    return hf_home
+
+
 def build_demo(hf_home: Path, model: str, transcoder: str) -> None:
     import qwen_interp
     from qwen_interp.apps.testing import OfflineHub

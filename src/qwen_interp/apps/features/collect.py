@@ -179,15 +179,16 @@ def shards(config: RunConfig, tokenizer, first_token_id: int, report) -> Iterato
         yield index, first, np.stack(buffer)
 
 
-def first_token_id(tokenizer) -> int:
-    """The special token circuit-tracer puts first (Qwen: ``<|endoftext|>``): the first of BOS,
-    pad, EOS, then any special token, as its ``ensure_tokenized`` picks it."""
-    candidates = [tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id,
-                  *tokenizer.all_special_ids]
-    for token in candidates:
-        if token is not None:
-            return int(token)
-    raise ValueError("the tokenizer has no special token to put at position 0")
+def first_token_id(tokenizer, model_name: str = "") -> int:
+    """The special token circuit-tracer puts first (Qwen: ``<|endoftext|>``), asked of its own
+    ``ensure_tokenized`` so the contexts match its graphs whatever rule it follows."""
+    from circuit_tracer.replacement_model.common import ensure_tokenized
+    ordinary = tokenizer("The cat", add_special_tokens=False)["input_ids"]  # 2+: it squeezes
+    tokens = ensure_tokenized(ordinary, tokenizer, "cpu", model_name)
+    if len(tokens) != len(ordinary) + 1:
+        raise ValueError("circuit-tracer puts no special token first for this tokenizer; "
+                         "its graphs leave position 0 out, so the statistics need one")
+    return int(tokens[0])
 
 
 # --- checkpoints -------------------------------------------------------------------------------

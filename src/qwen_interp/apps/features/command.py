@@ -91,10 +91,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--corpus {args.corpus}: a dataset from the Hugging Face cache needs "
                          "--model and --transcoder (the offline demo uses a cache of its own)")
     if demo:
-        hf_home = trace.use_demo_hub()
-        print(f"offline demo: small random-weight {model} and {trace.DEFAULT_TRANSCODER} in "
-              f"{hf_home} (pass --model/--transcoder for real checkpoints)")
-        trace.build_demo(hf_home, model, trace.DEFAULT_TRANSCODER)
+        trace.start_demo(model, trace.DEFAULT_TRANSCODER)
     from .job import compute
     result = compute(config, args.out, device=args.device, ray_address=args.ray,
                      ray_workers=args.workers, progress=not args.no_progress,

@@ -57,7 +57,7 @@ def compute(config: RunConfig, out: str | Path, *, device=None, ray_address: str
         total, next_shard, done = collect.load_checkpoint(out, names, merge_device)
         report = CorpusReport(sources=sources)
         tokenizer = session.model.tokenizer
-        first = collect.first_token_id(tokenizer)
+        first = collect.first_token_id(tokenizer, config.model)
         todo = (item for item in collect.shards(config, tokenizer, first, report)
                 if item[0] >= next_shard)
         bar = _progress(progress, config, done)
@@ -133,27 +133,13 @@ def write_outputs(out: Path, config: RunConfig, session, total) -> None:
         write_sidecar(out / "features", layers)
 
 
-class _NoBar:
-    total = n = 0
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def refresh(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _progress(enabled: bool, config: RunConfig, done_contexts: int):
-    """A tqdm bar in tokens (throughput; ETA when ``max_contexts`` bounds the run)."""
-    if not enabled:
-        return _NoBar()
+    """A tqdm bar in tokens: throughput, and an ETA once the total is estimated (a disabled bar
+    takes the same calls and shows nothing)."""
     from tqdm.auto import tqdm
     total = config.max_contexts * config.ctx_len if config.max_contexts else None
     return tqdm(total=total, initial=done_contexts * config.ctx_len, unit="tok",
-                unit_scale=True, desc="features", dynamic_ncols=True)
+                unit_scale=True, desc="features", dynamic_ncols=True, disable=not enabled)
 
 
 def _estimate_total(bar, report, config: RunConfig) -> None:

@@ -15,9 +15,9 @@ from collections.abc import Iterable, Iterator
 
 from .accumulators import BlockStats
 
-# Environment a worker needs to find the same weights offline and behave as the driver does.
-PASSED_ENV = ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-              "HF_DATASETS_OFFLINE", "QWEN_INTERP_CACHE", "QWEN_INTERP_PLUGINS")
+# What a worker needs to find the same weights offline and behave as the driver does: the
+# Hugging Face libraries' variables and every qwen-interp setting (docs/settings.md).
+PASSED_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "QWEN_INTERP_")
 
 
 class ShardWorker:
@@ -55,7 +55,7 @@ def ray_shard_stats(config, shards: Iterable, *, address: str, workers: int | No
         from ray.util import ActorPool
     except ImportError:
         raise ImportError("--ray needs Ray: pip install 'qwen-interp[ray]'") from None
-    env = {key: os.environ[key] for key in PASSED_ENV if key in os.environ}
+    env = {key: value for key, value in os.environ.items() if key.startswith(PASSED_PREFIXES)}
     started_here = not ray.is_initialized()
     if started_here:
         if address == "local":
