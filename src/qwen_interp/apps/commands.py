@@ -14,6 +14,7 @@ import platform
 
 from qwen_interp.specs import Command
 
+from .explorer.command import COMMAND as EXPLORE
 from .features.command import COMMAND as FEATURES
 from .patches_command import COMMAND as PATCHES
 
@@ -155,6 +156,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def natural_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def no_arguments(parser: argparse.ArgumentParser) -> None:
     pass
 
@@ -168,4 +179,4 @@ TRACE = Command("trace", "attribution graph of a prompt (default: offline demo)"
 
 
 # The command line's own commands; plugins add theirs through `register_commands`.
-BUILTIN_COMMANDS = (DOCTOR, MODELS, TRACE, PATCHES, FEATURES)
+BUILTIN_COMMANDS = (DOCTOR, MODELS, TRACE, PATCHES, FEATURES, EXPLORE)

@@ -209,6 +209,9 @@ def viewer_records(stats: BlockStats, config: StatsConfig, *, transcoder_id: str
             "quantile_values": quantiles[f].tolist(),
             "histogram": histogram[f].tolist(),
             "activation_frequency": counts[f] / n_tokens,
+            # Not in the viewer's schema (it ignores extra fields): the Explorer's feature page.
+            "coactive": [{"feature": p, "count": c}
+                         for p, c in coactive(stats.top, f, config.partners)],
         }
 
 

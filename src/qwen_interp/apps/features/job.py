@@ -107,8 +107,8 @@ def compute(config: RunConfig, out: str | Path, *, device=None, ray_address: str
 
 
 def write_outputs(out: Path, config: RunConfig, session, total) -> None:
-    """Parquet tables (``tables/clt.parquet``, ``tables/sae.parquet``) and, with a CLT, the
-    viewer sidecar ``features/``."""
+    """Parquet tables (``tables/clt.parquet``, ``tables/sae.parquet``) and the record sidecars:
+    ``features/`` for the CLT (the graph viewer's), ``sae_features/`` for the SAEs."""
     from .sidecar import write_sidecar
     text = export.token_strings(session.model.tokenizer)
     (out / "tables").mkdir(exist_ok=True)
@@ -125,12 +125,16 @@ def write_outputs(out: Path, config: RunConfig, session, total) -> None:
                 export.block_table(name, total[name], config.stats, dictionary=dictionary[name],
                                    text=text, logits=logits[name], ctx_len=config.ctx_len)
                 for name in names), meta)
-    if session.has_clt:
-        layers: Iterator[tuple[int, Iterator[dict]]] = (
-            (int(name.split("/")[1]), export.viewer_records(
-                total[name], config.stats, transcoder_id=str(config.transcoder), text=text,
-                logits=logits[name])) for name in total if name.startswith("clt/"))
-        write_sidecar(out / "features", layers)
+    # The same record format for both kinds: the CLT's is the graph viewer's `features/`; the
+    # SAEs' (one layer each) feed the Explorer's feature pages.
+    for kind, folder in (("clt", "features"), ("sae", "sae_features")):
+        names = [name for name in total if name.startswith(f"{kind}/")]
+        if names:
+            layers: Iterator[tuple[int, Iterator[dict]]] = (
+                (int(name.split("/")[1]), export.viewer_records(
+                    total[name], config.stats, transcoder_id=dictionary[name], text=text,
+                    logits=logits[name])) for name in names)
+            write_sidecar(out / folder, layers)
 
 
 def _progress(enabled: bool, config: RunConfig, done_contexts: int):
