@@ -5,10 +5,11 @@ relative paths, no extra flags. The commands are read from the README itself (th
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
-import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -49,9 +50,12 @@ ON_DEFAULT = {
 }
 # Commands tested elsewhere in this file, or that need what a test machine cannot have.
 ELSEWHERE = {
-    "qwen-interp trace": "test_trace_from_an_empty_folder_and_the_viewer_command",
-    "circuit-tracer start-server --graph_file_dir graph_files":
-        "test_trace_from_an_empty_folder_and_the_viewer_command",
+    "qwen-interp trace": "test_trace_then_explore_from_an_empty_folder",
+    "qwen-interp explore": "test_trace_then_explore_from_an_empty_folder",
+    "qwen-interp explore --no-model": "test_features_from_a_folder_with_a_corpus",
+    "qwen-interp explore --model Qwen/Qwen3-1.7B-Base "
+    "--transcoder bluelightai/clt-qwen3-1.7b-base-20k --sae qwen-scope-3-1.7b-base-w32k-l50:6,12 "
+    "--device cuda": "test_explore_on_real_checkpoints_fails_in_one_line_here",
     "qwen-interp trace --model Qwen/Qwen3-1.7B-Base "
     "--transcoder bluelightai/clt-qwen3-1.7b-base-20k "
     "--dtype bfloat16 --device cuda": "test_trace_on_real_checkpoints_fails_in_one_line_here",
@@ -119,7 +123,8 @@ def _fails_in_one_line_here(command: str, cwd: Path, prefix: str) -> None:
         assert "no CUDA device" in lines[0]
 
 
-def _get(url: str, deadline: float) -> bytes:
+def _get(url: str, seconds: float) -> bytes:
+    deadline = time.monotonic() + seconds
     while True:
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
@@ -131,43 +136,51 @@ def _get(url: str, deadline: float) -> bytes:
 
 
 @pytest.mark.subprocess
-def test_trace_from_an_empty_folder_and_the_viewer_command(tmp_path):
+def test_trace_then_explore_from_an_empty_folder(tmp_path):
     """`qwen-interp trace`, no arguments, in an empty folder: exit 0 and the three files; then the
-    viewer command it prints serves the graph and its metadata from that relative folder."""
+    `qwen-interp explore` it prints serves that graph, offline, until interrupted."""
     work = tmp_path / "work"
     work.mkdir()
-    out = shell("qwen-interp trace", work, env={"QWEN_INTERP_CACHE": str(tmp_path / "cache")})
+    env = {"QWEN_INTERP_CACHE": str(tmp_path / "cache")}
+    out = shell("qwen-interp trace", work, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     files = {p.name for p in (work / "graph_files").iterdir()}
     assert files == {"qwen-trace.json", "graph-metadata.json", "qwen-trace.pt"}
     meta = json.loads((work / "graph_files" / "graph-metadata.json").read_text())
     assert [g["slug"] for g in meta["graphs"]] == ["qwen-trace"]
-    viewer = "circuit-tracer start-server --graph_file_dir graph_files"
-    assert f"view them: {viewer}" in out.stdout
-    assert "needs internet access" in out.stdout  # the page's scripts come from CDNs
+    assert "explore them: qwen-interp explore  (then open http://127.0.0.1:8042/graph/" \
+        in out.stdout
 
-    if shutil.which("circuit-tracer", path=str(BIN)) is None:
-        pytest.fail("circuit-tracer's console script is not installed next to this Python")
-    server = subprocess.Popen(["bash", "-c", f"exec {viewer}"], cwd=work,
-                              env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with _serving("qwen-interp explore", work, env) as base:
+        served_meta = json.loads(_get(f"{base}/graph/data/graph-metadata.json", 60))
+        assert [(g["slug"], g["prompt"]) for g in served_meta["graphs"]] == \
+            [(g["slug"], g["prompt"]) for g in meta["graphs"]]
+        graph = json.loads((work / "graph_files" / "qwen-trace.json").read_text())
+        served = json.loads(_get(f"{base}/graph/graph_data/qwen-trace.json", 60))
+        assert served["nodes"] == graph["nodes"] and served["links"] == graph["links"]
+        page = _get(f"{base}/graph/", 60).decode()
+        assert "Attribution Graphs" in page and "https://" not in page
+        info = json.loads(_get(f"{base}/api/info", 60))
+        assert info["live"] and info["model"] == "Qwen/Qwen3-1.7B-Base"
+
+
+@contextlib.contextmanager
+def _serving(command: str, cwd: Path, env: dict):
+    """Run a `qwen-interp explore` command as typed; yield its URL once it says it is serving;
+    Ctrl-C it at the end, which must exit 0."""
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **env}
+    server = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=cwd, env=full_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        announced = ""
-        while "Starting server on port" not in announced:
-            announced = server.stdout.readline()
-            assert announced, "start-server exited before announcing its port"
-        port = int(announced.rsplit(" ", 1)[1].rstrip(".\n"))
-        assert f"http://localhost:{port};" in out.stdout  # trace's hint names the right port
-        base = f"http://localhost:{port}"
-        deadline = time.monotonic() + 60
-        served_meta = json.loads(_get(f"{base}/data/graph-metadata.json", deadline))
-        assert served_meta == meta
-        served_graph = json.loads(_get(f"{base}/graph_data/qwen-trace.json", deadline))
-        assert served_graph == json.loads((work / "graph_files" / "qwen-trace.json").read_text())
-        assert b"Attribution Graphs" in _get(f"{base}/index.html", deadline)
+        line = ""
+        while not line.startswith("explorer: serving "):
+            line = server.stdout.readline()
+            assert line, f"{command!r} exited before serving: {server.stderr.read()}"
+        yield line.split()[2].rstrip("/")
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.send_signal(signal.SIGINT)
+        code = server.wait(timeout=60)
+    assert code == 0, server.stderr.read()
 
 
 def _write_corpus(folder: Path, n_docs: int = 40) -> None:
@@ -183,6 +196,7 @@ def _write_corpus(folder: Path, n_docs: int = 40) -> None:
 def test_features_from_a_folder_with_a_corpus(tmp_path):
     """Both demo `features compute` commands, as typed, from a folder holding corpus.jsonl: the
     tables and the viewer sidecar appear, and Ray's numbers equal the single process's."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
     plain = next(c for c in ELSEWHERE if c.endswith("--corpus corpus.jsonl"))
     on_ray = next(c for c in ELSEWHERE if c.endswith("--ray"))
@@ -200,6 +214,18 @@ def test_features_from_a_folder_with_a_corpus(tmp_path):
         outs[name] = pq.read_table(work / "features_out" / "tables" / "clt.parquet")
     assert outs["plain"].equals(outs["ray"])
 
+    # The Explorer on that folder, files only: feature pages from the sidecar just written.
+    explore = next(c for c in ELSEWHERE if c.endswith("explore --no-model"))
+    with _serving(explore, tmp_path / "plain", {"QWEN_INTERP_CACHE": str(tmp_path / "cache")}) \
+            as base:
+        info = json.loads(_get(f"{base}/api/info", 60))
+        assert not info["live"] and [d["id"] for d in info["dictionaries"]] == ["clt"]
+        record = json.loads(_get(f"{base}/api/feature?dict=clt&layer=1&feature=0", 60))
+        row = outs["plain"].filter(pc.and_(pc.equal(outs["plain"]["layer"], 1),
+                                           pc.equal(outs["plain"]["feature"], 0))).to_pylist()[0]
+        assert record["top_logits"] == row["top_logits"]
+        assert record["activation_frequency"] == pytest.approx(row["frequency"])
+
 
 @pytest.mark.subprocess
 def test_features_on_real_checkpoints_fails_in_one_line_here(tmp_path):
@@ -207,3 +233,9 @@ def test_features_on_real_checkpoints_fails_in_one_line_here(tmp_path):
     _write_corpus(tmp_path)
     _fails_in_one_line_here(command, tmp_path, "qwen-interp features: error: ")
     assert not (tmp_path / "features_out" / "report.json").exists()
+
+
+@pytest.mark.subprocess
+def test_explore_on_real_checkpoints_fails_in_one_line_here(tmp_path):
+    command = next(c for c in ELSEWHERE if c.startswith("qwen-interp explore --model"))
+    _fails_in_one_line_here(command, tmp_path, "qwen-interp explore: error: ")

@@ -16,8 +16,6 @@ from pathlib import Path
 SEED_PROMPT = "Fact: The president of the United States in 2010 was"
 DEFAULT_MODEL = "Qwen/Qwen3-1.7B-Base"
 DEFAULT_TRANSCODER = "bluelightai/clt-qwen3-1.7b-base-20k"
-# `circuit-tracer start-server`'s default port (DEFAULT_SERVER_PORT in circuit_tracer/__main__.py).
-VIEWER_PORT = 8041
 
 
 def demo_hf_home() -> Path:
@@ -173,13 +171,15 @@ def graph_files(out_dir: str | Path, slug: str = "qwen-trace") -> list[Path]:
 
 
 def viewer_hint(out_dir: str | Path, slug: str = "qwen-trace") -> list[str]:
-    """What to run next, and what it needs. circuit-tracer's viewer page loads d3, dagre and pako
-    from transformer-circuits.pub and unpkg.com, so it renders only with internet access."""
+    """What to run next: the Explorer, which serves circuit-tracer's viewer offline (upstream's
+    `start-server` page loads its scripts from CDNs and renders blank without internet)."""
+    from qwen_interp.apps.explorer.command import DEFAULT_GRAPHS, DEFAULT_PORT
+    graphs = "" if str(out_dir) == DEFAULT_GRAPHS else f" --graphs {out_dir}"
     return [f"graph files written to {out_dir}/: " + ", ".join(p.name for p in graph_files(
                 out_dir, slug)),
-            f"view them: circuit-tracer start-server --graph_file_dir {out_dir}  (then open "
-            f"http://localhost:{VIEWER_PORT}; the page loads its scripts from "
-            "transformer-circuits.pub and unpkg.com, so it needs internet access)",
+            f"explore them: qwen-interp explore{graphs}  (then open "
+            f"http://127.0.0.1:{DEFAULT_PORT}/graph/?slug={slug}; offline, feature panels from "
+            "`qwen-interp features compute`)",
             "offline: from circuit_tracer.graph import Graph; "
             f"Graph.from_pt('{out_dir}/{slug}.pt')"]
 

@@ -106,9 +106,8 @@ def run(args: argparse.Namespace) -> int:
     for path in sorted((result.out / "tables").glob("*.parquet")):
         print(f"table: {path}")
     if (result.out / "features").is_dir():
-        print(f"viewer sidecar: {result.out / 'features'} (upload it next to the transcoder "
-              "on the Hub, or serve it with upstream circuit-tracer's start-server "
-              "--features_dir; the PyPI 0.5.0 build lacks that flag)")
+        print(f"viewer sidecar: {result.out / 'features'} (browse it: qwen-interp explore "
+              f"--features {result.out}; or upload it next to the transcoder on the Hub)")
     return 0
 
 
