@@ -59,14 +59,14 @@ def run(args: argparse.Namespace) -> int:
         transcoder = args.transcoder or (None if args.model else trace.DEFAULT_TRANSCODER)
         device = trace.resolve_device(args.device)
         if args.model is None and args.transcoder is None:
-            trace.start_demo(model, transcoder)
+            trace.start_demo(model, trace.DEFAULT_TRANSCODER)
         from qwen_interp.apps.session import Session
         session = Session.from_pretrained(model, transcoder, device=device)
         for release, layer in saes:
             session.add_saes(release, [layer])
     explorer = Explorer(graphs, features, session, model=model, transcoder=transcoder)
     server = make_server(explorer, args.host, args.port, verbose=args.verbose)
-    host, port = server.server_address[:2]
+    host, port = server.socket.getsockname()[:2]
     shown = [f"graphs {graphs or 'none'}",
              "features " + (", ".join(f"{d.id} {d.folder}" for d in
                                       explorer.store.dictionaries.values()) or "none"),

@@ -33,13 +33,13 @@ MAX_NEW_TOKENS = 64
 
 @dataclass(frozen=True)
 class Edit:
-    dict: str  # "clt" | "sae"
+    dictionary: str  # "clt" | "sae"
     layer: int
     feature: int
     value: float
 
     def as_json(self) -> dict:
-        return {"dict": self.dict, "layer": self.layer, "feature": self.feature,
+        return {"dict": self.dictionary, "layer": self.layer, "feature": self.feature,
                 "value": self.value}
 
 
@@ -89,7 +89,7 @@ class LiveModel:
     def steer(self, prompt: str, edits: list[Edit], max_new_tokens: int = 16) -> dict:
         if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
             raise InputError(f"max_new_tokens must be 1..{MAX_NEW_TOKENS}, got {max_new_tokens}")
-        kinds = {e.dict for e in edits}
+        kinds = {e.dictionary for e in edits}
         if not edits:
             raise InputError("steer needs at least one edit {dict, layer, feature, value}")
         if len(kinds) > 1:
@@ -113,7 +113,7 @@ class LiveModel:
     def _check_edits(self, edits: list[Edit]) -> None:
         model = self.session.model
         for e in edits:
-            if e.dict == "clt":
+            if e.dictionary == "clt":
                 if not self.session.has_clt:
                     raise InputError("this Explorer's model has no CLT attached")
                 width, layers = int(model.transcoders.d_transcoder), range(model.cfg.n_layers)
@@ -123,7 +123,7 @@ class LiveModel:
                                      f"{sorted(self.session.saes)})")
                 width, layers = int(self.session.saes[e.layer].cfg.d_sae), range(e.layer + 1)
             if e.layer not in layers or not 0 <= e.feature < width:
-                raise InputError(f"no {e.dict} feature {e.layer}/{e.feature} (layers "
+                raise InputError(f"no {e.dictionary} feature {e.layer}/{e.feature} (layers "
                                  f"0..{model.cfg.n_layers - 1}, features 0..{width - 1})")
 
     def _generate(self, tokens: torch.Tensor, n: int) -> str:
