@@ -150,6 +150,28 @@ def test_graph_of_another_transcoder_gets_no_remote_scan(data, tmp_path):
     assert app.graph_metadata()["graphs"][0]["scan"] == NO_FEATURES_SCAN
 
 
+def test_release_features_from_the_hugging_face_cache(data, qwen_offline_hub, tmp_path):
+    """Without --features, a graph's release `features/` folder in the HF cache is used (found
+    with huggingface_hub's own cache lookup; nothing is downloaded)."""
+    import shutil
+
+    from qwen_interp.apps.explorer import Explorer
+    repo = "qwen-interp-test/clt-with-features"
+    qwen_offline_hub.snapshot(repo, lambda folder: shutil.copytree(
+        data.features / "features", folder / "features"))
+    graphs = tmp_path / "graphs"
+    shutil.copytree(data.graphs, graphs)
+    graph_file, meta_file = graphs / f"{explorer_data.SLUG}.json", graphs / "graph-metadata.json"
+    graph, meta = json.loads(graph_file.read_text()), json.loads(meta_file.read_text())
+    graph["metadata"]["scan"] = meta["graphs"][0]["scan"] = repo  # a graph of that release
+    graph_file.write_text(json.dumps(graph))
+    meta_file.write_text(json.dumps(meta))
+    app = Explorer(graphs, None, None)
+    assert app.graph(explorer_data.SLUG)["metadata"]["scan"] == "/local/" + repo
+    assert app.store.clt_folder() == qwen_offline_hub.snapshot_path(repo) / "features"
+    assert app.feature("clt", 2, 9)["index"] == 9
+
+
 def viewer_read(server, feature_id: int) -> dict:
     """init-feature-examples.js ``loadFeatureFromBinary`` + util.js ``getFile(.., 'bin', range)``,
     step by step, over HTTP."""
