@@ -77,7 +77,7 @@ def test_viewer_page_loads_only_local_scripts(server):
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     assert "Attribution Graphs" in page
     scripts = re.findall(r"<script src='([^']+)'", page)
-    assert scripts and all(s.startswith(("/vendor/", "./")) for s in scripts), scripts
+    assert scripts and all(s.startswith(("/vendor/", "/static/", "./")) for s in scripts), scripts
     assert "//" not in "".join(re.findall(r"(?:src|href)=['\"]([^'\"]+)", page))
     for src in scripts:  # every script the page names is served
         path = src if src.startswith("/") else "/graph/" + src.removeprefix("./")
@@ -101,7 +101,8 @@ def test_vendored_libraries_are_the_lockfiles_packages():
         assert versions[entry["package"]] == entry["version"]
     package = json.loads((vendor.VENDOR / "package.json").read_text())
     assert package["dependencies"] == {e["package"]: e["version"] for e in entries}
-    targets = {t.removeprefix("/vendor/") for t in viewer.SCRIPT_MAP.values() if t}
+    targets = {t.removeprefix("/vendor/") for t in viewer.SCRIPT_MAP.values()
+               if t.startswith("/vendor/")}
     assert targets <= {e["name"] for e in entries}
     # the pinned versions are the ones upstream's page names (dagre@0.8.5, pako@2.1.0)
     for url in viewer.SCRIPT_MAP:

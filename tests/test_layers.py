@@ -121,7 +121,12 @@ def test_importing_qwen_interp_imports_no_upstream_tool() -> None:
     import subprocess
     import sys
     heavy = ("torch", "transformers", "transformer_lens", "circuit_tracer", "sae_lens", "nnsight")
-    code = ("import sys, qwen_interp; qwen_interp.registry(); "
-            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    for setup in ("import qwen_interp; qwen_interp.registry()",
+                  # the command line's parser (every command's arguments and defaults) too:
+                  # `qwen-interp explore --no-model` or `doctor` must not pay for torch
+                  "from qwen_interp.apps.cli import all_commands, build_parser; "
+                  "build_parser(all_commands())"):
+        code = f"import sys; {setup}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True)
+        assert out.stdout.strip() == "[]", setup + out.stdout + out.stderr

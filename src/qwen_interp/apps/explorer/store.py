@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from qwen_interp.apps.features.sidecar import INDEX_NAME, read_record
+from qwen_interp.apps.features.sidecar import INDEX_NAME, read_index, read_record
 
 METADATA = "graph-metadata.json"
 _SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -139,15 +139,10 @@ class FeatureStore:
 
 
 def _dictionary(kind: str, folder: Path, name: str) -> Dictionary:
-    index = json.loads(_gunzip(folder / INDEX_NAME))
+    index = read_index(folder)  # parsed once, here; record reads reuse it
     layers = tuple(sorted(int(layer) for layer in index))
     width = len(index[str(layers[0])]["offsets"]) - 1 if layers else 0
     return Dictionary(kind, name, folder, layers, width)
-
-
-def _gunzip(path: Path) -> bytes:
-    import gzip
-    return gzip.decompress(path.read_bytes())
 
 
 def _run_names(run: Path) -> dict[str, str]:

@@ -1,8 +1,8 @@
 """The Explorer's third-party browser libraries: copies of npm package files, pinned by a lockfile.
 
 The browser must load nothing from the internet, so the libraries circuit-tracer's viewer takes
-from CDNs (d3 with Adam Pearce's jetpack, dagre, pako) ship inside this package, in
-``static/vendor/``. Where they come from is recorded, not remembered:
+from CDNs (d3, dagre, pako) ship inside this package, in ``static/vendor/``. Where they come
+from is recorded, not remembered:
 
 - ``package.json`` + ``package-lock.json`` (npm's lockfile: exact versions, registry tarball
   integrity hashes) say which releases;
@@ -30,11 +30,11 @@ from pathlib import Path
 VENDOR = Path(__file__).parent / "static" / "vendor"
 MANIFEST = VENDOR / "vendor.json"
 
-# (package, file inside the package, name here). d3-jetpack's prebuilt bundle is d3 v7 with the
-# jetpack helpers (`append('div.cls')`, `appendMany`, `at`, `st`, ...) the viewer is written in.
+# (package, file inside the package, name here). The jetpack helpers the viewer also needs are
+# not on npm in a form that works with d3 v7: static/explorer/jetpack-compat.js provides them.
 FILES = [
-    ("d3-jetpack", "build/d3v7+jetpack.js", "d3v7-jetpack.js"),
-    ("d3-jetpack", "LICENSE", "LICENSE.d3-jetpack"),
+    ("d3", "dist/d3.min.js", "d3.min.js"),
+    ("d3", "LICENSE", "LICENSE.d3"),
     ("dagre", "dist/dagre.min.js", "dagre.min.js"),
     ("dagre", "LICENSE", "LICENSE.dagre"),
     ("pako", "dist/pako.min.js", "pako.min.js"),

@@ -4,8 +4,9 @@ The page's files come from the installed ``circuit_tracer`` package (``frontend/
 viewer is circuit-tracer's own, at the version installed. Three things change on the way out:
 
 - its ``<script src="https://...">`` tags (d3 and Anthropic's jetpack from transformer-circuits.pub,
-  dagre and pako from unpkg) point at the copies in ``static/vendor/`` (``vendor.py``); the
-  hot-reload client and the ``.npy`` reader, which the graph page never calls, are dropped. A
+  dagre and pako from unpkg) point at the npm copies in ``static/vendor/`` (``vendor.py``) and,
+  for the jetpack helpers, at ``static/explorer/jetpack-compat.js``; the hot-reload client and
+  the ``.npy`` reader, which the graph page never calls, are dropped. A
   page with any other ``http(s)://`` script or stylesheet is refused, not served half-offline;
 - while the installed viewer cannot read features from a local server (the circuit-tracer 0.5.0
   wheel on PyPI asks huggingface.co), ``init-feature-examples.js`` is the v0.5.0 tag's, which
@@ -25,8 +26,10 @@ STATIC = Path(__file__).parent / "static"
 _CDN = "https://transformer-circuits.pub/2025/attribution-graphs/static_js/lib/"
 # The CDN script each tag loads -> the vendored file that replaces it ("" drops the tag).
 SCRIPT_MAP = {
-    _CDN + "d3.js": "/vendor/d3v7-jetpack.js",
-    _CDN + "jetpack_2024-07-20.js": "",  # in the d3v7+jetpack bundle
+    _CDN + "d3.js": "/vendor/d3.min.js",
+    # Anthropic's fork of d3-jetpack is on no registry: the helpers the viewer calls, written for
+    # d3 v7 (static/explorer/jetpack-compat.js).
+    _CDN + "jetpack_2024-07-20.js": "/static/jetpack-compat.js",
     _CDN + "npy_v0.js": "",  # .npy files: only the `addition` page reads them
     _CDN + "hotserver-client-ws.js": "",  # the authors' live-reload client
     "https://unpkg.com/dagre@0.8.5/dist/dagre.min.js": "/vendor/dagre.min.js",

@@ -12,7 +12,7 @@ DEFAULT_OUT = "features_out"
 def configure(parser: argparse.ArgumentParser) -> None:
     from qwen_interp.apps.commands import positive_int
 
-    from .accumulators import StatsConfig
+    from .settings import StatsConfig
     sub = parser.add_subparsers(dest="features_command", required=True,
                                 parser_class=type(parser))
     p = sub.add_parser("compute", help="statistics of every attached dictionary over a corpus")
@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
     from qwen_interp.apps import trace
     from qwen_interp.apps.commands import quiet_trust_remote_code_warning
 
-    from .accumulators import StatsConfig
     from .collect import RunConfig
+    from .settings import StatsConfig
     from .corpus import resolve_sources
     stats = StatsConfig(top_k=args.top_k, samples=args.samples, before=args.window_before,
                         after=args.window_after, bins=args.bins)

@@ -269,14 +269,20 @@ def _move_into_place(tmp: Path, final: Path) -> None:
 
 
 # --- reading --------------------------------------------------------------------------------------
+def read_index(folder: str | Path) -> dict:
+    """The parsed ``index.json.gz`` of ``folder`` (cached per file version; read_record uses
+    the same cache)."""
+    index_path = Path(folder) / INDEX_NAME
+    stat = index_path.stat()  # FileNotFoundError names the path
+    return _read_index(str(index_path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
 def read_record(folder: str | Path, layer: int, feature: int) -> dict:
     """Feature ``feature`` of ``layer`` from the ``features/`` folder ``folder``."""
     _check_natural("layer", layer)
     _check_natural("feature", feature)
     folder = Path(folder)
-    index_path = folder / INDEX_NAME
-    stat = index_path.stat()  # FileNotFoundError names the path
-    index = _read_index(str(index_path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    index = read_index(folder)
     entry = index.get(str(layer))
     if entry is None:
         raise ValueError(f"{folder}: no layer {layer} in {INDEX_NAME} "

@@ -7,6 +7,10 @@ window.qx = (function () {
   // --- DOM -----------------------------------------------------------------------------------
   /** el('a.feature-link', {href: ...}, 'text', child, ...): an element; text via textContent. */
   function el(spec, attrs, ...children) {
+    if (attrs instanceof Node || Array.isArray(attrs) || typeof attrs !== 'object' || attrs === null) {
+      children.unshift(attrs);  // el('div', child, ...): no attributes
+      attrs = {};
+    }
     var [tag, ...classes] = spec.split('.');
     var node = document.createElement(tag || 'div');
     if (classes.length) node.className = classes.join(' ');
@@ -150,6 +154,17 @@ window.qx = (function () {
     return out;
   }
 
+  /** One token's text on its own (a logit): its "\xNN" escapes decoded when they spell whole
+   * characters, else shown as they are. */
+  function tokenText(token) {
+    if (!HEX.test(token)) return token;
+    try {
+      return new TextDecoder('utf-8', {fatal: true}).decode(new Uint8Array(tokenBytes(token)));
+    } catch (e) {
+      return token;
+    }
+  }
+
   /** Background for an activation: transparent at 0, full orange at `max` (clamped). */
   function actColor(act, max) {
     var a = max > 0 ? Math.max(0, Math.min(1, act / max)) : 0;
@@ -162,7 +177,7 @@ window.qx = (function () {
     var line = el(`div.${className}`);
     var top = max ?? (acts ? Math.max(0, ...acts) : 0);
     mergeTokens(tokens, acts).forEach(piece => {
-      var span = el('span.token', {text: piece.text === '' ? '\u200b' : piece.text});
+      var span = el('span.token', {text: piece.text});
       span.dataset.index = piece.first;
       if (acts) {
         span.dataset.act = piece.act;
@@ -179,7 +194,7 @@ window.qx = (function () {
   // --- page frame ------------------------------------------------------------------------------
   /** The top bar every page shares; `active` is 'home' | 'lab' | ''. */
   function nav(active) {
-    var bar = el('nav.topbar',
+    var bar = el('nav.topbar', {},
       el('a.brand', {href: '/', text: 'Qwen3 Explorer'}),
       el('a', {href: '/', text: 'Home', class: active === 'home' ? 'active' : null}),
       el('a', {href: '/lab', text: 'Lab', class: active === 'lab' ? 'active' : null}),
@@ -198,5 +213,5 @@ window.qx = (function () {
   }
 
   return {el, clear, getJSON, postJSON, showError, info, fmt, percent, dictLabel, featureHref,
-          featureLink, mergeTokens, actColor, tokenLine, nav, params};
+          featureLink, mergeTokens, tokenText, actColor, tokenLine, nav, params};
 })();
