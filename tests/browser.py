@@ -10,7 +10,7 @@ driver's path so Selenium Manager never downloads one. The browser can reach loo
 Every request a page makes is recorded from Chrome's performance log (``Network.requestWillBeSent``,
 which is logged before name resolution, so blocked attempts are recorded too), and
 :meth:`Browser.assert_only_local` fails on any whose origin is not the Explorer's (``data:`` and
-``blob:`` URLs are allowed). Screenshots go to ``$QWEN_INTERP_ARTIFACTS/explorer/`` (default
+``blob:`` URLs are allowed). Screenshots go to ``$QWEN_INTERP_TEST_ARTIFACTS/explorer/`` (default
 ``test-artifacts/explorer/`` in the repository) and are checked to show something
 (:func:`check_not_blank`).
 
@@ -30,6 +30,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+
+from qwen_interp import settings
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -67,9 +69,8 @@ def require_browser() -> None:
 
 
 def artifacts_dir() -> Path:
-    """Where screenshots go: ``$QWEN_INTERP_ARTIFACTS/explorer`` (CI keeps that folder)."""
-    root = os.environ.get("QWEN_INTERP_ARTIFACTS") or str(REPO / "test-artifacts")
-    folder = Path(root) / "explorer"
+    """Where screenshots go: ``$QWEN_INTERP_TEST_ARTIFACTS/explorer`` (CI keeps that folder)."""
+    folder = (settings.TEST_ARTIFACTS.get() or REPO / "test-artifacts") / "explorer"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -202,7 +203,8 @@ class Browser:
     # --- screenshots -----------------------------------------------------------------------------
     def screenshot(self, name: str, readme_name: str | None = None) -> Path:
         """Save the window as ``<artifacts>/<name>.png`` and check it is not blank. With
-        ``readme_name`` and ``$QWEN_INTERP_README_IMAGES`` set, copy it there under that name."""
+        ``readme_name`` and ``$QWEN_INTERP_TEST_README_IMAGES`` set, copy it there under that
+        name."""
         time.sleep(0.3)  # let the last layout and transitions settle
         path = artifacts_dir() / f"{name}.png"
         assert self.driver.save_screenshot(str(path)), f"could not save {path}"
@@ -221,10 +223,9 @@ class Browser:
 
 
 def readme_images_dir() -> Path | None:
-    """``$QWEN_INTERP_README_IMAGES`` as a folder (relative to the repository), if set: the
+    """``$QWEN_INTERP_TEST_README_IMAGES`` as a folder (relative to the repository), if set: the
     browser tests then also write the README's screenshots there (docs/images)."""
-    value = os.environ.get("QWEN_INTERP_README_IMAGES")
-    if not value:
+    folder = settings.TEST_README_IMAGES.get()
+    if folder is None:
         return None
-    folder = Path(value)
     return folder if folder.is_absolute() else REPO / folder

@@ -10,8 +10,8 @@ itself (``Session.run``, ``model.generate``), never from the Explorer's answers 
 
 After every test, every URL the page requested must have the Explorer's origin (data:/blob:
 allowed) and no answer may be a server error. Screenshots go to
-``$QWEN_INTERP_ARTIFACTS/explorer/`` and are checked to be non-blank; with
-``QWEN_INTERP_README_IMAGES=docs/images`` the graph and feature screenshots are also written
+``$QWEN_INTERP_TEST_ARTIFACTS/explorer/`` and are checked to be non-blank; with
+``QWEN_INTERP_TEST_README_IMAGES=docs/images`` the graph and feature screenshots are also written
 there as ``explorer-graph.png`` and ``explorer-feature.png`` (the README's).
 """
 

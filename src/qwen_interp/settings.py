@@ -85,7 +85,7 @@ class Setting(Generic[T]):
 
     ``kind`` and ``default_text`` are what the documentation shows; ``expected`` completes the
     error message "NAME='value': expected ...". ``test_only`` settings are read by qwen-interp's
-    pytest plugin, never by the library.
+    pytest plugin or its own test suite, never by the library.
     """
 
     name: str
@@ -181,9 +181,21 @@ TEST_HF_HOME: Setting[Path | None] = Setting(
     "The HF cache the offline-Hub pytest plugin builds, kept between runs when set.",
     test_only=True)
 
+TEST_ARTIFACTS: Setting[Path | None] = Setting(
+    PREFIX + "TEST_ARTIFACTS", "path", parse_path, "a folder path", None,
+    "`test-artifacts/` in the repository",
+    "Where the browser tests save their screenshots (under `explorer/`), checked non-blank.",
+    test_only=True)
+TEST_README_IMAGES: Setting[Path | None] = Setting(
+    PREFIX + "TEST_README_IMAGES", "path", parse_path, "a folder path", None,
+    "unset: no copies",
+    "The browser tests also write the README's Explorer screenshots there (`docs/images`).",
+    test_only=True)
+
 ALL: tuple[Setting[Any], ...] = (
     ATTRIBUTION_WORKSPACE_MB, BOUNDED_ATTRIBUTION, CACHE, DEBUG, FAST_FORWARD, FAST_LOAD,
-    FAST_LOAD_CHUNK_MB, N_CTX, PLUGINS, SAE_CACHE, TEST_HF_HOME)
+    FAST_LOAD_CHUNK_MB, N_CTX, PLUGINS, SAE_CACHE, TEST_HF_HOME, TEST_ARTIFACTS,
+    TEST_README_IMAGES)
 
 
 def by_name(name: str) -> Setting[Any]:
