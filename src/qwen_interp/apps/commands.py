@@ -15,6 +15,7 @@ import platform
 from qwen_interp.specs import Command
 
 from .explorer.command import COMMAND as EXPLORE
+from .study.command import COMMAND as STUDY
 from .features.command import COMMAND as FEATURES
 from .patches_command import COMMAND as PATCHES
 
@@ -179,4 +180,4 @@ TRACE = Command("trace", "attribution graph of a prompt (default: offline demo)"
 
 
 # The command line's own commands; plugins add theirs through `register_commands`.
-BUILTIN_COMMANDS = (DOCTOR, MODELS, TRACE, PATCHES, FEATURES, EXPLORE)
+BUILTIN_COMMANDS = (DOCTOR, MODELS, TRACE, PATCHES, FEATURES, EXPLORE, STUDY)

@@ -37,7 +37,11 @@ def top_cell(top: list[dict], k: int = TOP_IN_TABLE) -> str:
 
 # --- plots ---------------------------------------------------------------------------------------
 def _pyplot():
+    import warnings
+
     import matplotlib
+    # Tokens the installed fonts lack (CJK, for example) are drawn as boxes; say nothing.
+    warnings.filterwarnings("ignore", message="Glyph .* missing from", category=UserWarning)
     matplotlib.use("Agg")  # files only: no display, same output everywhere
     import matplotlib.pyplot as plt
     return plt
@@ -92,7 +96,9 @@ def plot_groups(record: dict, path: Path) -> Path | None:
                                     boxstyle="round,pad=0.02,rounding_size=0.15",
                                     facecolor=(*colour, 0.18), edgecolor=colour, linewidth=1.5))
         ax.scatter(xs, ys, s=14, color=colour, zorder=3)
-        ax.text((x0 + x1) / 2, y1 + 0.08, group["label"] or group["name"], ha="center",
+        # names, not labels: labels are long (the table has them); staggered so that groups on
+        # neighbouring tokens stay readable
+        ax.text((x0 + x1) / 2, y1 + 0.08 + 0.28 * (i % 2), group["name"], ha="center",
                 va="bottom", fontsize=8, color=colour, fontweight="bold")
         centres[group["name"]] = ((x0 + x1) / 2, (y0 + y1) / 2)
     target_xy = (len(tokens) - 1, n_layers + 0.6)
