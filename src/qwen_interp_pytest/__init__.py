@@ -97,3 +97,18 @@ def qwen_registry():
     """The registry of every installed qwen-interp plugin."""
     import qwen_interp
     return qwen_interp.registry()
+
+
+@pytest.fixture(scope="session")
+def qwen_demo_cache(tmp_path_factory):
+    """A qwen-interp cache folder (for ``QWEN_INTERP_CACHE``) holding the built-in demo, trained
+    once per test run (``qwen_interp.apps.demo``, about 40 s on 2 CPUs) and shared by every
+    test and every xdist worker of the run (its build is locked: one builds, the others wait).
+    Commands given ``QWEN_INTERP_CACHE`` = this folder skip the first-use build."""
+    from qwen_interp.apps.demo.build import build_trained_demo
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, shared by its workers
+    cache = base / "qwen-demo-cache"
+    build_trained_demo(cache / "demo-hf", echo=lambda *args, **kwargs: None)
+    return cache

@@ -3,8 +3,10 @@
 ``run_trace()`` loads the model and transcoder by repo id (``ReplacementModel.from_pretrained``,
 as users do), runs ``attribute()``, prints the top nodes and writes the graph files that
 circuit-tracer's viewer reads. The built-in default is an offline demo: a small
-Qwen3-1.7B-Base-shaped model and a small CLT, built once under the real repo ids in a local
-Hugging Face cache (random weights: the graph shows the machinery, not Qwen's circuit).
+Qwen3-1.7B-Base-shaped model trained at first use on public records (who led five countries,
+1977-2024: ``qwen_interp.apps.demo``) and a CLT trained on its activations, built once under the
+real repo ids in a local Hugging Face cache: the seed prompt's graph shows a real circuit
+(office, country and year features feeding the answer), at toy scale.
 """
 
 from __future__ import annotations
@@ -40,18 +42,21 @@ def start_demo(model: str, transcoder: str) -> Path:
     """The offline demo, as the CLI's commands run it: the demo cache, said in one line, and the
     small model and CLT built there once."""
     hf_home = use_demo_hub()
-    print(f"offline demo: small random-weight {model} and {transcoder} in {hf_home} "
-          "(pass --model/--transcoder for real checkpoints)")
+    print(f"offline demo: a small {model} trained on public records (who held which office "
+          f"when) and its {transcoder} layout CLT, in {hf_home} (pass --model/--transcoder for "
+          "real checkpoints)")
     build_demo(hf_home, model, transcoder)
     return hf_home
 
 
 def build_demo(hf_home: Path, model: str, transcoder: str) -> None:
-    import qwen_interp
-    from qwen_interp.apps.testing import OfflineHub
-    reg = qwen_interp.registry()
-    release = reg.transcoder_release(transcoder)
-    OfflineHub(hf_home).transcoder(release, reg.model(model))
+    """The trained demo (``qwen_interp.apps.demo.build``): built at first use (about 40 s on a
+    2-core CPU), rebuilt when the cache holds another recipe's."""
+    from qwen_interp.apps.demo.build import MODEL_REPO, TRANSCODER_REPO, build_trained_demo
+    if (model, transcoder) != (MODEL_REPO, TRANSCODER_REPO):
+        raise ValueError(f"the offline demo is {MODEL_REPO} with {TRANSCODER_REPO}, not {model} "
+                         f"with {transcoder}")
+    build_trained_demo(hf_home)
 
 
 @dataclass

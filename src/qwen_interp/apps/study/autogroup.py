@@ -55,7 +55,7 @@ over the nodes both cover.
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,8 +293,8 @@ class _SidecarLabels:
                   ) -> tuple[list[str], list[str], int]:
         """(top-activating tokens, top logits, records found): each feature votes with its
         share of the group's influence, split over its examples / by logit rank."""
-        active: Counter[str] = Counter()
-        logits: Counter[str] = Counter()
+        active: dict[str, float] = defaultdict(float)
+        logits: dict[str, float] = defaultdict(float)
         found = 0
         for node, weight in zip(nodes, weights):
             record = self._record(node)
@@ -313,7 +313,7 @@ class _SidecarLabels:
         return _best(active, k), _best(logits, k), found
 
 
-def _best(counter: Counter, k: int) -> list[str]:
+def _best(counter: Mapping[str, float], k: int) -> list[str]:
     return [t for t, _ in sorted(counter.items(), key=lambda item: (-item[1], item[0]))[:k]]
 
 

@@ -103,7 +103,8 @@ def as_node(node: NodeLike, dictionary: str = DEFAULT_DICTIONARY) -> FeatureNode
     if isinstance(node, FeatureNode):
         return node
     if isinstance(node, (tuple, list)) and len(node) in (3, 4):
-        return FeatureNode(*node) if len(node) == 4 else FeatureNode(*node, dictionary)
+        layer, position, feature, *rest = node
+        return FeatureNode(layer, position, feature, rest[0] if rest else dictionary)
     raise ValueError(f"a node must be [layer, position, feature] or a FeatureNode, got {node!r}")
 
 
@@ -336,12 +337,13 @@ def _parse_node(node: object, dictionary: str, source: str, where: str) -> Featu
         missing = [k for k in _COORDS if k not in node]
         if missing:
             raise ValueError(f"missing {', '.join(missing)}")
-        return FeatureNode(*(node[k] for k in _COORDS), node.get("dictionary", dictionary))
+        return FeatureNode(node["layer"], node["position"], node["feature"],
+                           node.get("dictionary", dictionary))
     if isinstance(node, list):
         if len(node) != 3:
             raise ValueError(f"a node list is [layer, position, feature], got {len(node)} "
                              "values")
-        return FeatureNode(*node, dictionary)
+        return FeatureNode(node[0], node[1], node[2], dictionary)
     raise ValueError("a node is [layer, position, feature] or {layer, position, feature}")
 
 

@@ -208,7 +208,7 @@ class CleanRun:
     def _problem(self, node, mode: str) -> str | None:
         for attr in ("layer", "feature"):
             value = getattr(node, attr, None)
-            if not _is_int(value) or value < 0:
+            if not _is_int(value) or value is None or value < 0:
                 return f"{attr} must be a non-negative integer, got {value!r}"
         pos = node.position
         if pos is not None and not _is_int(pos):
@@ -346,7 +346,7 @@ def _sae_hooks(model, rows: list[_Row], stack: contextlib.ExitStack) -> None:
         values = torch.tensor([e.value for _, e in edits], dtype=W.dtype, device=device)
         adds = torch.tensor([e.add for _, e in edits], device=device)
 
-        def edit(h, sae=sae, W=W, rows_idx=rows_idx, pos_idx=pos_idx, feat_idx=feat_idx,
+        def edit_rows(h, sae=sae, W=W, rows_idx=rows_idx, pos_idx=pos_idx, feat_idx=feat_idx,
                  values=values, adds=adds):
             # set-mode edits are sized against the activations h has on entry (as steering.clamp)
             acts = sae.encode(h[rows_idx, pos_idx].to(sae.W_enc.dtype))
@@ -355,7 +355,7 @@ def _sae_hooks(model, rows: list[_Row], stack: contextlib.ExitStack) -> None:
             delta = (coef[:, None] * W[feat_idx]).to(h.dtype)
             return h.index_put((rows_idx.to(h.device), pos_idx.to(h.device)),
                                delta.to(h.device), accumulate=True)
-        stack.enter_context(_edit_hook(model, sae, edit))
+        stack.enter_context(_edit_hook(model, sae, edit_rows))
 
 
 def _clt_hooks(model, rows: list[_Row], n_pos: int) -> list:
@@ -461,7 +461,7 @@ def intervened_logits(clean: CleanRun, interventions: Sequence[Intervention],
         start += len(chunk)
     if not rows:
         return clean.logits.new_zeros(0, clean.logits.shape[-1])
-    return torch.stack(out)  # type: ignore[arg-type]
+    return torch.stack(out)
 
 
 def _chunk_logits(model, clean: CleanRun, rows: list[_Row]) -> torch.Tensor:
@@ -527,6 +527,7 @@ class InterventionResult:
     def get(self, group: str, strength: float | None = None, mode: str | None = None) -> Outcome:
         for o in self.outcomes:
             iv = o.intervention
+            assert iv is not None  # outcomes are the intervened settings; clean is apart
             if (iv.name == group and (strength is None or iv.strength == float(strength))
                     and (mode is None or iv.mode == mode)):
                 return o
@@ -539,6 +540,7 @@ class InterventionResult:
         lines: dict[tuple[str, str], dict] = {}
         for o in self.outcomes:
             iv = o.intervention
+            assert iv is not None
             line = lines.setdefault((iv.name, iv.mode), {"group": iv.name, "mode": iv.mode,
                                                          "strengths": [], "target_p": []})
             line["strengths"].append(iv.strength)

@@ -9,8 +9,10 @@ the HTML page embeds them (base64), so it is one self-contained file that opens 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -254,13 +256,15 @@ def write_report(record: dict[str, Any], folder: str | Path) -> dict[str, Path]:
     written["record"] = write_text(out / FILES["record"],
                                    json.dumps(record, indent=1, ensure_ascii=False))
     images: dict[str, Path] = {}
-    has_content = {"diagram": lambda r: any(g["nodes"] for g in r.get("groups", [])),
-                   "sweeps": lambda r: bool(r.get("sweeps"))}
-    for key, plot in (("diagram", plot_groups), ("sweeps", plot_sweeps)):
-        if not has_content[key](record):  # nothing to draw: no empty image, none left over
+    has_content = {"diagram": any(g["nodes"] for g in record.get("groups", [])),
+                   "sweeps": bool(record.get("sweeps"))}
+    plots: dict[str, Callable[[dict, Path], Path | None]] = {"diagram": plot_groups,
+                                                             "sweeps": plot_sweeps}
+    for key, plot in plots.items():
+        if not has_content[key]:  # nothing to draw: no empty image, none left over
             (out / FILES[key]).unlink(missing_ok=True)
             continue
-        replace_file(out / FILES[key], lambda tmp, plot=plot: plot(record, tmp))
+        replace_file(out / FILES[key], functools.partial(plot, record))
         images[key] = written[key] = out / FILES[key]
     written["markdown"] = write_text(out / FILES["markdown"],
                                      markdown(record, {k: p.name for k, p in images.items()}))
