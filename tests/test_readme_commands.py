@@ -59,6 +59,12 @@ ELSEWHERE = {
     "qwen-interp trace --model Qwen/Qwen3-1.7B-Base "
     "--transcoder bluelightai/clt-qwen3-1.7b-base-20k "
     "--dtype bfloat16 --device cuda": "test_trace_on_real_checkpoints_fails_in_one_line_here",
+    "qwen-interp study --auto-groups": "test_study_then_edited_groups_from_an_empty_folder",
+    "qwen-interp study --groups study_out/groups.yaml --strengths=-4,-2,-1,0,1 --out study_edited":
+        "test_study_then_edited_groups_from_an_empty_folder",
+    "qwen-interp study --model Qwen/Qwen3-1.7B-Base "
+    "--transcoder bluelightai/clt-qwen3-1.7b-base-20k --auto-groups --device cuda "
+    "--dtype bfloat16": "test_study_on_real_checkpoints_fails_in_one_line_here",
     "qwen-interp features compute --corpus corpus.jsonl":
         "test_features_from_a_folder_with_a_corpus",
     "qwen-interp features compute --corpus corpus.jsonl --ray":
@@ -239,3 +245,29 @@ def test_features_on_real_checkpoints_fails_in_one_line_here(tmp_path):
 def test_explore_on_real_checkpoints_fails_in_one_line_here(tmp_path):
     command = next(c for c in ELSEWHERE if c.startswith("qwen-interp explore --model"))
     _fails_in_one_line_here(command, tmp_path, "qwen-interp explore: error: ")
+
+
+@pytest.mark.subprocess
+def test_study_then_edited_groups_from_an_empty_folder(tmp_path, qwen_demo_cache):
+    """The README's two study commands in a row, from an empty folder (the demo cache shared by
+    the run, so the model is trained once per test run, not per test)."""
+    first, edited = (c for c in ELSEWHERE
+                     if c.startswith("qwen-interp study") and "--model" not in c)
+    env = {"QWEN_INTERP_CACHE": str(qwen_demo_cache)}
+    out = shell(first, tmp_path, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ablations:" in out.stdout and "report: study_out/report.html" in out.stdout
+    proposed = (tmp_path / "study_out" / "groups.yaml").read_text()
+    out = shell(edited, tmp_path, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    record = json.loads((tmp_path / "study_edited" / "study.json").read_text())
+    assert record["grouping"]["how"] == "given (study_out/groups.yaml)"
+    assert record["sweeps"][0]["strengths"] == [-4.0, -2.0, -1.0, 0.0, 1.0]
+    assert (tmp_path / "study_edited" / "groups.yaml").read_text() == proposed
+
+
+@pytest.mark.subprocess
+def test_study_on_real_checkpoints_fails_in_one_line_here(tmp_path):
+    command = next(c for c in ELSEWHERE if c.startswith("qwen-interp study") and "cuda" in c)
+    _fails_in_one_line_here(command, tmp_path, "qwen-interp study: error: ")
+    assert not (tmp_path / "study_out").exists()

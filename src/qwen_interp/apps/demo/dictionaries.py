@@ -7,13 +7,13 @@ the ``<|endoftext|>`` position, whose features circuit-tracer zeroes. Each prefi
 the number of prompts that share it (so the data is the prompts' tokens, computed once each);
 training steps draw minibatches by that weight.
 
-CLT (formats: FACTS.md section 3, ``hub.write_hub_clt``): ``pre = x @ W_enc.T + b_enc`` on the
+CLT (formats: docs/formats.md, ``hub.write_hub_clt``): ``pre = x @ W_enc.T + b_enc`` on the
 MLP input after the pre-MLP RMSNorm and its gain; trained with ReLU and an L1 penalty weighted by
 decoder norms, then stored with a small per-layer JumpReLU threshold (circuit-tracer computes
 ``pre * (pre > threshold)``) that drops near-zero activations; decoder rows write the MLP outputs
 of layers >= the feature's layer.
 
-SAE (Qwen-Scope, FACTS.md section 4): ``layer{n}.sae.pt`` with fp32 ``W_enc`` (d_sae, d_model),
+SAE (Qwen-Scope, docs/formats.md): ``layer{n}.sae.pt`` with fp32 ``W_enc`` (d_sae, d_model),
 ``W_dec`` (d_model, d_sae), ``b_enc``, ``b_dec``; encode = top k of ``relu(x @ W_enc.T + b_enc)``
 with the release's k, decode ``f @ W_dec.T + b_dec``; input the output of decoder layer n.
 """

@@ -9,7 +9,8 @@
 - **Steer**: greedy continuations, unsteered and steered. CLT edits use circuit-tracer's own
   ``feature_intervention_generate``: the feature's activation is *set* to ``value`` at every
   position after the first, generated ones included, with its defaults: the first new token is
-  computed with attention patterns and norm scales frozen, later ones propagate freely. (Its
+  computed with attention patterns frozen (only those: MLPs and norms run), later ones
+  propagate freely. (Its
   ``freeze_attention=False`` path sizes the edit by ``inputs.size(0)``, which is the batch for
   the (batch, pos) tokens ``generate`` needs, so it is not used.) SAE edits add
   ``value * W_dec[feature]`` at the layer output at every position (Qwen-Scope's convention,

@@ -38,7 +38,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", metavar="DIR",
                         help="a `qwen-interp features compute` output, to label the groups")
     parser.add_argument("--strengths", type=strengths, default=DEFAULT_STRENGTHS,
-                        help="scales of each group's activations to sweep (default "
+                        help="scales of each group's activations to sweep, e.g. "
+                             "--strengths=-4,-2,0,1 (the = lets it start with a minus; default "
                              f"{','.join(f'{s:g}' for s in DEFAULT_STRENGTHS)})")
     parser.add_argument("--target", help="the token whose probability is tracked (default: the "
                                          "unsteered top prediction)")

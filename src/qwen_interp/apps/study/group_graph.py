@@ -29,20 +29,11 @@ def logit_index(graph, token_id: int) -> int | None:
     return None
 
 
-def node_influence(graph):
-    """Each node's influence on the logits, weighted by their probabilities (circuit-tracer's
-    ``compute_node_influence``: the measure its pruning and ``qwen-interp trace`` rank by)."""
-    import torch
-    from circuit_tracer.graph import compute_node_influence
-    weights = torch.zeros(graph.adjacency_matrix.shape[0], device=graph.adjacency_matrix.device)
-    weights[-len(graph.logit_targets):] = graph.logit_probabilities
-    return compute_node_influence(graph.adjacency_matrix, weights)
-
-
 def group_summary(graph, groups, target_id: int | None) -> dict[str, Any]:
     """Per group its total influence on the logits; between groups, and from each group to the
     target logit, the summed direct effects (signed). Nodes not in the graph (e.g. SAE features,
     or CLT features pruned away) are skipped."""
+    from .autogroup import node_influence
     index = feature_index(graph)
     influence = node_influence(graph)
     adjacency = graph.adjacency_matrix

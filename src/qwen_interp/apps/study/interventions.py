@@ -42,7 +42,7 @@ hooks for a batch in which each row carries its own edits: one clean run (activa
 the unsteered row), then every setting in one batched run (split only when the device runs out
 of memory). tests/test_study_interventions.py checks each row against ``feature_intervention``.
 
-**SAE features: Qwen-Scope's convention** (shared/FACTS.md §4), at the SAE's layer output
+**SAE features: Qwen-Scope's convention** (docs/formats.md), at the SAE's layer output
 (``blocks.{n}.hook_resid_post``), at the node's position (all positions when it is None), through
 ``qwen_interp_saelens.steering``'s hook: ``add`` v is ``h += v * W_dec[f]`` (its ``steer``);
 ``ablate``/``scale``/``clamp`` set the SAE activation keeping the SAE error, ``h += (target -
