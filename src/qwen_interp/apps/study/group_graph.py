@@ -15,8 +15,8 @@ from typing import Any
 
 def feature_index(graph) -> dict[tuple[int, int, int], int]:
     """(layer, position, feature) -> its row/column in the adjacency matrix."""
-    rows = graph.active_features[graph.selected_features].tolist()
-    return {(int(layer), int(pos), int(feat)): i for i, (layer, pos, feat) in enumerate(rows)}
+    from .groups import graph_feature_nodes  # in adjacency order
+    return {node.key: i for i, node in enumerate(graph_feature_nodes(graph))}
 
 
 def logit_index(graph, token_id: int) -> int | None:

@@ -100,10 +100,11 @@ def choose_groups(config: StudyConfig, graph, model):
 
 def build_record(config: StudyConfig, graph, groups, result, how: str) -> dict[str, Any]:
     from .group_graph import group_summary
+    from .groups import graph_feature_nodes
     from .report import RECORD_VERSION
     outcome = result.to_dict()
     summary = group_summary(graph, list(groups), result.target.id)
-    nodes = {node.key: float(value) for node, value in _activations(graph).items()}
+    nodes = {node.key: value for node, value in graph_feature_nodes(graph).items()}
     return {
         "version": RECORD_VERSION, "prompt": config.prompt, "model": config.model,
         "transcoder": config.transcoder, "tokens": outcome["tokens"],
@@ -123,11 +124,6 @@ def build_record(config: StudyConfig, graph, groups, result, how: str) -> dict[s
         "sweeps": [s for s in outcome["sweeps"] if s["mode"] == config.mode],
         "command": config.command,
     }
-
-
-def _activations(graph) -> dict:
-    from .groups import graph_feature_nodes
-    return graph_feature_nodes(graph)
 
 
 def run_study(config: StudyConfig, echo=print, model=None) -> Study:
