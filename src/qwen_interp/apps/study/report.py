@@ -179,8 +179,9 @@ def markdown(record: dict, images: dict[str, str]) -> str:
                        _group_rows(record))
     lines += ["", "## Interventions", "",
               "Each row sets the group's CLT features at their positions (circuit-tracer's "
-              "`feature_intervention` semantics: attention frozen, downstream features "
-              "recomputed); SAE features are steered with Qwen-Scope's convention.", ""]
+              "`feature_intervention` semantics: attention patterns frozen, the change written "
+              "through the CLT decoder into later MLP outputs, the real model running on); SAE "
+              "features are steered with Qwen-Scope's convention.", ""]
     lines += _md_table(["group", "intervention", f"p({target})", f"top-{TOP_IN_TABLE}"],
                        _intervention_rows(record))
     if record.get("sweeps"):
