@@ -130,23 +130,36 @@ def check_prompt(prompt) -> str:
     return prompt
 
 
+def load_replacement_model(model: str, transcoder: str, backend: str = "transformerlens",
+                           device: str | None = None, dtype: str = "float32"):
+    """circuit-tracer's ``ReplacementModel`` by repo id, as users load it (adapters armed)."""
+    import torch
+
+    import qwen_interp  # noqa: F401 - activates the adapters
+    from circuit_tracer import ReplacementModel
+    return ReplacementModel.from_pretrained(model, transcoder, backend=backend,
+                                            device=resolve_device(device),
+                                            dtype=getattr(torch, dtype))
+
+
+def attribute_prompt(prompt: str, rm, batch_size: int = 256, max_feature_nodes: int = 8192):
+    """``attribute()`` with the logit targets every command uses: up to 10 logits covering 95 %
+    of the probability."""
+    from circuit_tracer import attribute
+    return attribute(prompt, rm, max_n_logits=10, desired_logit_prob=0.95,
+                     batch_size=batch_size, max_feature_nodes=max_feature_nodes)
+
+
 def run_trace(model: str = DEFAULT_MODEL, transcoder: str = DEFAULT_TRANSCODER,
               prompt: str = SEED_PROMPT, out_dir: str | Path = "graph_files",
               backend: str = "transformerlens", device: str | None = None,
               dtype: str = "float32", max_feature_nodes: int = 8192, batch_size: int = 256,
               echo=print) -> dict:
-    import torch
-
-    import qwen_interp  # noqa: F401 - activates the adapters
-    from circuit_tracer import ReplacementModel, attribute
     from circuit_tracer.utils.create_graph_files import create_graph_files
 
-    dev = resolve_device(device)
-    torch_dtype = getattr(torch, dtype)
-    rm = ReplacementModel.from_pretrained(model, transcoder, backend=backend, device=dev,
-                                          dtype=torch_dtype)
-    graph = attribute(prompt, rm, max_n_logits=10, desired_logit_prob=0.95,
-                      batch_size=batch_size, max_feature_nodes=max_feature_nodes)
+    rm = load_replacement_model(model, transcoder, backend=backend, device=device, dtype=dtype)
+    graph = attribute_prompt(prompt, rm, batch_size=batch_size,
+                             max_feature_nodes=max_feature_nodes)
     tokenizer = rm.tokenizer
     echo(f"prompt: {prompt!r} ({len(graph.input_tokens)} tokens, first is circuit-tracer's "
          "prepended special token)")

@@ -129,22 +129,16 @@ def build_record(config: StudyConfig, graph, groups, result, how: str) -> dict[s
 def run_study(config: StudyConfig, echo=print, model=None) -> Study:
     """The whole study; ``model``: an already loaded ``ReplacementModel`` (else loaded from
     ``config.model``/``config.transcoder``)."""
-    import torch
     config.check()
-    from circuit_tracer import attribute
-
     from qwen_interp.apps import trace
 
     from .interventions import Intervention, evaluate
     from .report import write_report
     if model is None:
-        import qwen_interp  # noqa: F401 - activates the adapters
-        from circuit_tracer import ReplacementModel
-        model = ReplacementModel.from_pretrained(
-            config.model, config.transcoder, backend="transformerlens",
-            device=trace.resolve_device(config.device), dtype=getattr(torch, config.dtype))
-    graph = attribute(config.prompt, model, max_n_logits=10, desired_logit_prob=0.95,
-                      batch_size=config.batch_size, max_feature_nodes=config.max_feature_nodes)
+        model = trace.load_replacement_model(config.model, config.transcoder,
+                                             device=config.device, dtype=config.dtype)
+    graph = trace.attribute_prompt(config.prompt, model, batch_size=config.batch_size,
+                                   max_feature_nodes=config.max_feature_nodes)
     groups, how = choose_groups(config, graph, model)
     settings = [Intervention(g, "ablate") for g in groups]
     settings += [Intervention(g, config.mode, s) for g in groups for s in config.strengths]
