@@ -14,10 +14,15 @@ import platform
 
 from qwen_interp.specs import Command
 
+from .applications.anomalies_command import COMMAND as ANOMALIES
+from .applications.classify_command import COMMAND as CLASSIFY
+from .applications.overlap_command import COMMAND as OVERLAP
+from .applications.synthesize_command import COMMAND as SYNTHESIZE
 from .explorer.command import COMMAND as EXPLORE
 from .study.command import COMMAND as STUDY
 from .features.command import COMMAND as FEATURES
 from .patches_command import COMMAND as PATCHES
+from .topology.command import COMMAND as TOPOLOGY
 
 
 # --- doctor ---------------------------------------------------------------------------------
@@ -180,4 +185,5 @@ TRACE = Command("trace", "attribution graph of a prompt (default: offline demo)"
 
 
 # The command line's own commands; plugins add theirs through `register_commands`.
-BUILTIN_COMMANDS = (DOCTOR, MODELS, TRACE, PATCHES, FEATURES, EXPLORE, STUDY)
+BUILTIN_COMMANDS = (DOCTOR, MODELS, TRACE, PATCHES, FEATURES, EXPLORE, STUDY, CLASSIFY, OVERLAP,
+                    ANOMALIES, SYNTHESIZE, TOPOLOGY)

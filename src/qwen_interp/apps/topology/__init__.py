@@ -1,0 +1,1 @@
+"""Topological feature maps (Mapper graphs) of CLT and SAE features."""
