@@ -50,6 +50,23 @@ def _compute(actor, item):
 def ray_shard_stats(config, shards: Iterable, *, address: str, workers: int | None, device,
                     saes, on_shard=None) -> Iterator:
     """``(index, first context, n contexts, stats)`` per shard, in shard order."""
+    def arguments(gpus: bool) -> tuple:
+        return (config, None if gpus else "cpu", [sae.to("cpu") for sae in saes],
+                None if gpus else 1)
+    for result in ordered_actor_map(ShardWorker, arguments, shards, address=address,
+                                    workers=workers):
+        if on_shard is not None:
+            on_shard(result[2] * config.ctx_len)
+        index, first_context, n_contexts, packed = result
+        yield index, first_context, n_contexts, {
+            name: BlockStats.unpacked(block) for name, block in packed.items()}
+
+
+def ordered_actor_map(worker_class, arguments, items: Iterable, *, address: str,
+                      workers: int | None) -> Iterator:
+    """``worker.compute(*item)`` for every item, on Ray actors of ``worker_class`` (built with
+    ``arguments(cluster_has_gpus)``), results in item order. One actor per GPU when the cluster
+    has GPUs, else one per CPU (``workers`` overrides); ``address`` as in ``compute``."""
     try:
         import ray
         from ray.util import ActorPool
@@ -67,14 +84,12 @@ def ray_shard_stats(config, shards: Iterable, *, address: str, workers: int | No
         gpus = int(ray.cluster_resources().get("GPU", 0))
         n = workers or max(1, gpus or int(ray.cluster_resources().get("CPU", 1)))
         options = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-        remote = ray.remote(**options)(ShardWorker)
-        saes_cpu = [sae.to("cpu") for sae in saes]
-        actors = [remote.remote(config, None if gpus else "cpu", saes_cpu,
-                                None if gpus else 1) for _ in range(n)]
+        remote = ray.remote(**options)(worker_class)
+        actors = [remote.remote(*arguments(bool(gpus))) for _ in range(n)]
         pool = ActorPool(actors)
-        # Bounded: at most two shards per actor are in flight or waiting (ActorPool.map would
+        # Bounded: at most two items per actor are in flight or waiting (ActorPool.map would
         # take the whole corpus at once); get_next returns results in submission order.
-        todo = (tuple(item) for item in shards)
+        todo = (tuple(item) for item in items)
         for item in itertools.islice(todo, 2 * n):
             pool.submit(_compute, item)
         while pool.has_next():
@@ -82,11 +97,7 @@ def ray_shard_stats(config, shards: Iterable, *, address: str, workers: int | No
             following = next(todo, None)
             if following is not None:
                 pool.submit(_compute, following)
-            if on_shard is not None:
-                on_shard(result[2] * config.ctx_len)
-            index, first_context, n_contexts, packed = result
-            yield index, first_context, n_contexts, {
-                name: BlockStats.unpacked(block) for name, block in packed.items()}
+            yield result
     finally:
         if started_here:
             ray.shutdown()
