@@ -18,7 +18,8 @@ which features does this dataset activate? which tokens of this generation switc
   Only activations above ``threshold`` are stored.
 - Work items are chunks of ``chunk_docs`` documents. On Ray (``ray_address``) each actor holds one
   model replica and results come back in chunk order; chunks are batched the same way in either
-  case, so the results are identical.
+  case, so the results are identical given the same torch threads per process (Ray's CPU actors
+  run one each; a matmul's float rounding depends on how it is split over threads).
 """
 
 from __future__ import annotations
@@ -77,11 +78,13 @@ class DocumentFeatures:
 def tokenize(tokenizer, texts: Sequence[str], first_token: int, max_tokens: int
              ) -> tuple[list[list[int]], int]:
     """``[first_token] + tokens`` per text, cut at ``max_tokens``; and how many were cut. An
-    empty text is an error naming its position (a dataset row must not vanish silently)."""
+    empty or whitespace-only text is an error naming its position (a dataset row must not vanish silently)."""
     from qwen_interp.inputs import check_prompt
     out, cut = [], 0
     for i, text in enumerate(texts):
         check_prompt(text, f"text {i}")
+        if not text.strip():
+            raise ValueError(f"text {i} is empty or only whitespace")
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:
             raise ValueError(f"text {i} gives no tokens: {text[:40]!r}")
