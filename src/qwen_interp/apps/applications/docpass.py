@@ -78,7 +78,8 @@ class DocumentFeatures:
 def tokenize(tokenizer, texts: Sequence[str], first_token: int, max_tokens: int
              ) -> tuple[list[list[int]], int]:
     """``[first_token] + tokens`` per text, cut at ``max_tokens``; and how many were cut. An
-    empty or whitespace-only text is an error naming its position (a dataset row must not vanish silently)."""
+    empty or whitespace-only text is an error naming its position (a dataset row must not
+    vanish silently)."""
     from qwen_interp.inputs import check_prompt
     out, cut = [], 0
     for i, text in enumerate(texts):
