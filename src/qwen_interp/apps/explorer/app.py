@@ -24,13 +24,14 @@ class Explorer:
 
     def __init__(self, graphs: str | Path | None = None, features: str | Path | None = None,
                  session: Any = None, *, model: str | None = None,
-                 transcoder: str | None = None) -> None:
+                 transcoder: str | None = None, topology: str | Path | None = None) -> None:
         self.graphs = GraphFolder(graphs) if graphs is not None else None
         self.store = FeatureStore.from_run(features)
         self.session = session
         self.model_name = model
         self.transcoder_name = transcoder
         self._live = None
+        self.topology = Path(topology) if topology is not None else None
         if self.graphs is not None:  # a release's features/ in the HF cache, for its graphs
             for graph in self.graphs.graphs():
                 if graph.get("scan") and self.store.add_cached_release(graph["scan"]):
@@ -82,6 +83,33 @@ class Explorer:
             features.append({"dict": kind, "layer": layer, "feature": feature,
                              "url": f"/feature?dict={kind}&layer={layer}&feature={feature}"})
         return {"query": query, "features": features}
+
+    # --- topology maps (qwen-interp topology) ------------------------------------------------
+    def topology_maps(self) -> dict:
+        """The maps in the topology folder: name, dictionary, source and per-level counts."""
+        from qwen_interp.apps.topology.export import read_map
+        maps = []
+        if self.topology is not None:
+            for path in sorted(self.topology.glob("*.json")):
+                try:
+                    data = read_map(path)
+                except ValueError:
+                    continue  # not a map: another tool's JSON in the same folder
+                maps.append({"name": path.stem, "dictionary": data["dictionary"],
+                             "source": data["source"], "n_features": data["n_features"],
+                             "levels": [{"resolution": lv["resolution"],
+                                         "n_nodes": lv["n_nodes"], "n_edges": lv["n_edges"]}
+                                        for lv in data["levels"]]})
+        return {"folder": str(self.topology) if self.topology else None, "maps": maps}
+
+    def topology_map(self, name: str) -> dict:
+        from qwen_interp.apps.topology.export import NAME, read_map
+        if self.topology is None:
+            raise NotFound("no topology folder given (qwen-interp explore --topology DIR)")
+        path = self.topology / f"{name}.json"
+        if not NAME.fullmatch(name) or not path.is_file():
+            raise NotFound(f"no topology map {name!r} in {self.topology}")
+        return read_map(path)
 
     # --- the page's header --------------------------------------------------------------------
     def info(self) -> dict:

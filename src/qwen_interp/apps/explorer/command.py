@@ -19,6 +19,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", default=None, metavar="DIR",
                         help="a `qwen-interp features compute` output folder (default: "
                              "./features_out if it exists)")
+    parser.add_argument("--topology", default=None, metavar="DIR",
+                        help="maps from `qwen-interp topology` for the /topology page (default: "
+                             "./topology_out if it exists)")
     parser.add_argument("--model", help="model repo id or alias (default: offline demo)")
     parser.add_argument("--transcoder", help="CLT repo id or alias (default: offline demo)")
     parser.add_argument("--sae", action="append", default=[], metavar="RELEASE:LAYERS",
@@ -50,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from .server import make_server
     graphs = _folder(args.graphs, DEFAULT_GRAPHS, "--graphs")
     features = _folder(args.features, DEFAULT_OUT, "--features")
+    topology = _folder(args.topology, "topology_out", "--topology")
     saes = parse_saes(args.sae)
     if args.no_model and (args.model or args.transcoder or saes):
         raise ValueError("--no-model cannot be combined with --model, --transcoder or --sae")
@@ -64,13 +68,14 @@ def run(args: argparse.Namespace) -> int:
         session = Session.from_pretrained(model, transcoder, device=device)
         for release, layer in saes:
             session.add_saes(release, [layer])
-    explorer = Explorer(graphs, features, session, model=model, transcoder=transcoder)
+    explorer = Explorer(graphs, features, session, model=model, transcoder=transcoder,
+                        topology=topology)
     server = make_server(explorer, args.host, args.port, verbose=args.verbose)
     host, port = server.socket.getsockname()[:2]
     shown = [f"graphs {graphs or 'none'}",
              "features " + (", ".join(f"{d.id} {d.folder}" for d in
                                       explorer.store.dictionaries.values()) or "none"),
-             f"model {model or 'none'}"]
+             f"topology {topology or 'none'}", f"model {model or 'none'}"]
     print(f"explorer: serving http://{host}:{port}/ ({'; '.join(shown)}); Ctrl-C stops it",
           flush=True)
     try:

@@ -2,12 +2,13 @@
 
 Routes (docs/explorer.md):
 
-- pages: ``/`` ``/feature`` ``/lab`` and their files under ``/static/``; vendored libraries under
-  ``/vendor/``; circuit-tracer's graph viewer under ``/graph/`` with its data at
+- pages: ``/`` ``/feature`` ``/lab`` ``/topology`` and their files under ``/static/``; vendored
+  libraries under ``/vendor/``; circuit-tracer's graph viewer under ``/graph/`` with its data at
   ``/graph/data/graph-metadata.json`` and ``/graph/graph_data/<slug>.json``;
 - ``/features/<file>``: the CLT sidecar, with single HTTP ranges (the viewer reads one record
   per request: ``Range: bytes=start-end``);
-- JSON: ``GET /api/info``, ``/api/feature``, ``/api/search``; ``POST /api/analyze``,
+- JSON: ``GET /api/info``, ``/api/feature``, ``/api/search``, ``/api/topology`` (the maps of
+  ``--topology``), ``/api/topology/map?name=``; ``POST /api/analyze``,
   ``/api/compare``, ``/api/steer``. Errors are ``{"error": "<one line>"}`` with a 4xx/5xx code.
 
 No handler reads a whole sidecar: files are streamed in chunks, records read by range.
@@ -32,7 +33,8 @@ from . import viewer
 from .app import Explorer
 from .store import NotFound
 
-PAGES = {"/": "index.html", "/feature": "feature.html", "/lab": "lab.html"}
+PAGES = {"/": "index.html", "/feature": "feature.html", "/lab": "lab.html",
+         "/topology": "topology.html"}
 OWN_STATIC = viewer.STATIC / "explorer"
 VENDOR = viewer.STATIC / "vendor"
 MAX_BODY = 1 << 20
@@ -114,6 +116,10 @@ class Handler(BaseHTTPRequestHandler):
                                           _int(query, "feature")))
         if path == "/api/search":
             return self._json(app.search(query.get("q", "")))
+        if path == "/api/topology":
+            return self._json(app.topology_maps())
+        if path == "/api/topology/map":
+            return self._json(app.topology_map(query.get("name", "")))
         raise NotFound(f"no {path}")
 
     def _post(self, path: str, query: dict) -> None:

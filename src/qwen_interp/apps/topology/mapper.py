@@ -6,9 +6,10 @@ algorithm of Singh, Mémoli and Carlsson (2007): cover the lens with overlapping
 hypercube in the clustering space, and join two clusters that share a point. Two pieces are
 ours, both passed through KeplerMapper's own extension points:
 
-- :class:`KNNSingleLinkage` (``clusterer=``): single linkage cut at ``eps``, run on the
-  ``k``-nearest-neighbour graph of a KD-tree (scipy ``cKDTree``) instead of all pairs, so a
-  hypercube of ``n`` points costs ``O(n k)`` memory, never ``n x n``;
+- :class:`LandmarkSingleLinkage` (``clusterer=``): single linkage cut at ``eps`` on the
+  ``k``-nearest-neighbour graph of landmarks (:class:`Landmarks`: the points themselves up to
+  ``max_landmarks``, else k-means centres), restricted to a hypercube's landmarks; memory
+  ``O(landmarks x k)``, never ``n x n``, and one neighbour search for all resolutions;
 - :class:`SparseNerve` (``nerve=``): the edges from an inverted index (point -> the nodes holding
   it), linear in the memberships; KeplerMapper's ``GraphNerve`` compares all node pairs.
 
@@ -16,7 +17,8 @@ Nesting: with resolutions that divide one another (4, 8, 16) and one overlap, ev
 the finer cover lies inside one of the coarser (``kmapper.Cover``: centres at
 ``min + (i + 1/2) w``, radius ``w / (2 (1 - overlap))``), so each fine node's members lie in one
 coarse hypercube; its *parent* is the coarse node holding most of them, and ``contained`` says
-whether it holds all of them (always, for the eps-graph; the k-NN graph can, rarely, split).
+whether it holds all of them (always with ``single``: a sub-hypercube's landmark graph is a
+subgraph of its parent's; DBSCAN can, rarely, hand a border point to another cluster).
 """
 
 from __future__ import annotations
@@ -30,33 +32,70 @@ from sklearn.base import BaseEstimator, ClusterMixin
 CLUSTERERS = ("single", "dbscan")
 
 
-class KNNSingleLinkage(ClusterMixin, BaseEstimator):
-    """Connected components of the ``k``-NN graph with edges no longer than ``eps``; components
-    under ``min_size`` points are noise (label -1). A scikit-learn clusterer, as KeplerMapper
-    expects (``fit_predict``, ``get_params``)."""
+class Landmarks:
+    """Points -> landmarks, and the landmarks' single-linkage graph.
 
-    def __init__(self, k: int = 10, eps: float = 1.0, min_size: int = 1) -> None:
-        self.k = k
-        self.eps = eps
+    Up to ``max_landmarks`` points, every point is its own landmark. Beyond, the landmarks are
+    the centres of scikit-learn's ``KMeans`` (Lloyd, ``init="random"``, ``max_iter`` 5: a
+    refined random sample, not a converged partition) and each point belongs to its nearest
+    centre. The graph joins each landmark to its ``k`` nearest (scipy ``cKDTree``) when they are
+    at most ``eps`` apart: ``O(landmarks x k)`` edges, never ``n x n``."""
+
+    def __init__(self, space: np.ndarray, *, max_landmarks: int, k: int, seed: int = 0) -> None:
+        from scipy.spatial import cKDTree
+        n = len(space)
+        if n <= max_landmarks:
+            self.assign = np.arange(n)
+            self.centers = np.asarray(space, dtype=np.float64)
+        else:
+            from sklearn.cluster import KMeans
+            km = KMeans(n_clusters=max_landmarks, init="random", n_init=1, max_iter=5,
+                        random_state=seed).fit(space)
+            self.assign = km.labels_.astype(np.int64)
+            self.centers = km.cluster_centers_.astype(np.float64)
+        c = len(self.centers)
+        kk = min(k + 1, c)  # +1: the landmark itself comes back first
+        dist, idx = cKDTree(self.centers).query(self.centers, k=kk)
+        self.dist, self.idx = dist.reshape(c, kk), idx.reshape(c, kk)
+
+    def estimate_eps(self, quantile: float) -> float:
+        """The ``quantile`` of the landmarks' distance to their ``k``-th nearest landmark."""
+        eps = float(np.quantile(self.dist[:, -1], quantile)) if len(self.dist) > 1 else 1.0
+        return eps if eps > 0 else 1e-6
+
+    def edges(self, eps: float) -> np.ndarray:
+        keep = (self.dist <= eps) & (self.idx != np.arange(len(self.idx))[:, None])
+        rows = np.repeat(np.arange(len(self.idx)), self.idx.shape[1])[keep.ravel()]
+        return np.c_[rows, self.idx.ravel()[keep.ravel()]]
+
+
+class LandmarkSingleLinkage(ClusterMixin, BaseEstimator):
+    """Single linkage of a hypercube's points through their landmarks: the connected components
+    of the landmark graph restricted to the landmarks present. ``fit`` takes the landmark ids
+    of the points (one column), as KeplerMapper hands a hypercube's rows of ``X``; components
+    under ``min_size`` points are noise (-1). Restricting to a sub-hypercube only removes
+    landmarks and edges, so a finer cluster always lies inside a coarser one."""
+
+    def __init__(self, edges=None, n_landmarks: int = 0, min_size: int = 1) -> None:
+        self.edges = edges
+        self.n_landmarks = n_landmarks
         self.min_size = min_size
 
     def fit(self, X, y=None):
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
-        from scipy.spatial import cKDTree
-        x = np.asarray(X, dtype=np.float64)
-        n = len(x)
-        if n == 0:
+        ids = np.asarray(X, dtype=np.float64)[:, 0].astype(np.int64)
+        if len(ids) == 0:
             self.labels_ = np.zeros(0, dtype=np.int64)
             return self
-        k = min(self.k + 1, n)  # +1: the point itself comes back first
-        dist, idx = cKDTree(x).query(x, k=k)
-        dist, idx = dist.reshape(n, k), idx.reshape(n, k)
-        keep = dist <= self.eps
-        rows = np.repeat(np.arange(n), k)[keep.ravel()]
-        graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, idx.ravel()[keep.ravel()])),
-                           shape=(n, n))
-        _, labels = connected_components(graph, directed=False)
+        present = np.zeros(self.n_landmarks, dtype=bool)
+        present[ids] = True
+        e = self.edges[present[self.edges[:, 0]] & present[self.edges[:, 1]]]
+        graph = coo_matrix((np.ones(len(e), dtype=np.int8), (e[:, 0], e[:, 1])),
+                           shape=(self.n_landmarks, self.n_landmarks))
+        _, comp = connected_components(graph, directed=False)
+        labels = comp[ids]
+        _, labels = np.unique(labels, return_inverse=True)
         sizes = np.bincount(labels)
         big = sizes >= self.min_size
         renumber = np.full(len(sizes), -1)
@@ -65,30 +104,15 @@ class KNNSingleLinkage(ClusterMixin, BaseEstimator):
         return self
 
 
-def make_clusterer(name: str, *, k: int, eps: float, min_size: int):
+def make_clusterer(name: str, *, eps: float, min_size: int, landmarks: Landmarks | None = None):
     if name == "single":
-        return KNNSingleLinkage(k=k, eps=eps, min_size=min_size)
+        edges = landmarks.edges(eps) if landmarks is not None else np.zeros((0, 2), np.int64)
+        n = len(landmarks.centers) if landmarks is not None else 0
+        return LandmarkSingleLinkage(edges=edges, n_landmarks=n, min_size=min_size)
     if name == "dbscan":  # scikit-learn's, with a KD-tree: memory O(n x neighbours within eps)
         from sklearn.cluster import DBSCAN
         return DBSCAN(eps=eps, min_samples=max(min_size, 1), algorithm="kd_tree")
     raise ValueError(f"--clusterer {name!r}: expected one of {', '.join(CLUSTERERS)}")
-
-
-def estimate_eps(x: np.ndarray, k: int, quantile: float, *, sample: int = 2000,
-                 seed: int = 0) -> float:
-    """The ``quantile`` of the distance to the ``k``-th nearest neighbour, over a sample of
-    points queried against all of them (one KD-tree, O(n) memory)."""
-    from scipy.spatial import cKDTree
-    n = len(x)
-    if n < 2:
-        return 1.0
-    rng = np.random.default_rng(seed)
-    picked = rng.choice(n, size=min(sample, n), replace=False)
-    k = min(k + 1, n)
-    dist, _ = cKDTree(x).query(x[picked], k=k)
-    dist = np.asarray(dist).reshape(len(picked), k)[:, -1]
-    eps = float(np.quantile(dist, quantile))
-    return eps if eps > 0 else 1e-6
 
 
 class SparseNerve:
@@ -206,7 +230,9 @@ def check_resolutions(resolutions) -> tuple[int, ...]:
 
 def multiresolution(lens: np.ndarray, space: np.ndarray, resolutions, overlap: float,
                     clusterer) -> list[Level]:
-    """Mapper graphs at each resolution (coarse to fine), each fine node linked to its parent."""
+    """Mapper graphs at each resolution (coarse to fine), each fine node linked to its parent.
+    ``space``: what ``clusterer`` reads per hypercube (the points' landmark ids, one column, for
+    :class:`LandmarkSingleLinkage`; coordinates for DBSCAN)."""
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"--overlap {overlap}: expected a fraction in [0, 1)")
     levels: list[Level] = []

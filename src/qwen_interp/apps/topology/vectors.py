@@ -151,18 +151,18 @@ def load_clt(transcoder: str, device: str = "cpu"):
 
 def materialize(vectors: FeatureVectors, folder=None, *, in_memory_bytes: int = 1 << 30
                 ) -> FeatureVectors:
-    """Read an expensive source once: into memory when small, else into a float32 memmap in
-    ``folder`` (the PCA reads the rows ``4 + 2q`` times)."""
+    """Read an expensive source once (the PCA reads the rows ``4 + 2q`` times): into memory up
+    to ``in_memory_bytes``, else into a float32 memmap ``folder/vectors.f32`` (a new temporary
+    folder when ``folder`` is None), whose pages the OS may drop."""
     import tempfile
-    if vectors.nbytes <= in_memory_bytes or folder is None:
-        if vectors.nbytes > in_memory_bytes:
-            folder = tempfile.mkdtemp(prefix="qwen-topology-")
-        else:
-            x = np.concatenate(list(vectors.chunks())) if vectors.n else np.zeros((0, vectors.dim))
-            return _like(vectors, x)
     from pathlib import Path
-    path = Path(folder) / "vectors.f32"
-    x = np.memmap(path, dtype=np.float32, mode="w+", shape=(vectors.n, vectors.dim))
+    if vectors.nbytes <= in_memory_bytes:
+        parts = list(vectors.chunks())
+        x = np.concatenate(parts) if parts else np.zeros((0, vectors.dim), np.float32)
+        return _like(vectors, x)
+    folder = Path(folder if folder is not None else tempfile.mkdtemp(prefix="qwen-topology-"))
+    x = np.memmap(folder / "vectors.f32", dtype=np.float32, mode="w+",
+                  shape=(vectors.n, vectors.dim))
     start = 0
     for part in vectors.chunks():
         x[start:start + len(part)] = part
@@ -172,6 +172,5 @@ def materialize(vectors: FeatureVectors, folder=None, *, in_memory_bytes: int = 
 
 
 def _like(vectors: FeatureVectors, x: np.ndarray) -> FeatureVectors:
-    made = from_array(x, dictionary=vectors.dictionary, name=vectors.name, layers=vectors.layers,
-                      source=vectors.source)
-    return made
+    return from_array(x, dictionary=vectors.dictionary, name=vectors.name,
+                      layers=vectors.layers, source=vectors.source)
