@@ -60,6 +60,8 @@ ELSEWHERE = {
     "--transcoder bluelightai/clt-qwen3-1.7b-base-20k "
     "--dtype bfloat16 --device cuda": "test_trace_on_real_checkpoints_fails_in_one_line_here",
     "qwen-interp study --auto-groups": "test_study_then_edited_groups_from_an_empty_folder",
+    "qwen-interp topology": "test_topology_then_explore_it",
+    "qwen-interp explore --topology topology_out": "test_topology_then_explore_it",
     "qwen-interp study --groups study_out/groups.yaml --strengths=-4,-2,-1,0,1 --out study_edited":
         "test_study_then_edited_groups_from_an_empty_folder",
     "qwen-interp study --model Qwen/Qwen3-1.7B-Base "
@@ -271,3 +273,24 @@ def test_study_on_real_checkpoints_fails_in_one_line_here(tmp_path):
     command = next(c for c in ELSEWHERE if c.startswith("qwen-interp study") and "cuda" in c)
     _fails_in_one_line_here(command, tmp_path, "qwen-interp study: error: ")
     assert not (tmp_path / "study_out").exists()
+
+
+@pytest.mark.subprocess
+def test_topology_then_explore_it(tmp_path, qwen_demo_cache):
+    """`qwen-interp topology` from an empty folder writes the demo CLT's map (JSON and PNG); the
+    README's `explore --topology` command then lists and serves it, with its page offline."""
+    first, served = (c for c in ELSEWHERE if "topology" in c)
+    env = {"QWEN_INTERP_CACHE": str(qwen_demo_cache)}
+    out = shell(first, tmp_path, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "map: topology_out/clt-decoder.json" in out.stdout
+    data = json.loads((tmp_path / "topology_out" / "clt-decoder.json").read_text())
+    assert data["n_features"] == 4 * 256
+    assert [level["resolution"] for level in data["levels"]] == [4, 8, 16]
+    assert (tmp_path / "topology_out" / "clt-decoder.png").stat().st_size > 10_000
+    with _serving(served, tmp_path, env) as base:
+        listed = json.loads(_get(f"{base}/api/topology", 60))
+        assert [m["name"] for m in listed["maps"]] == ["clt-decoder"]
+        assert json.loads(_get(f"{base}/api/topology/map?name=clt-decoder", 60)) == data
+        page = _get(f"{base}/topology", 60).decode()
+        assert "/vendor/d3.min.js" in page and "https://" not in page
