@@ -5,9 +5,11 @@ fitted (least squares to +1 / -1) on the model's ``blocks.{layer}.hook_resid_pos
 given token type (run alone after the first token), its bias the midpoint between the classes,
 scaled so that it fires (activation > 0, at least 1) on every target type and on no other given
 type — the builder checks this and refuses otherwise (with more types than about twice d_model,
-random directions stop being separable). Where the layer's residual depends on the token alone,
-the detector is exact in any context: so it is at the built-in demo's layer 0, whose attention
-writes nothing (``apps/demo/train.py``). Tests still check the truth on their own documents.
+random directions stop being separable). Keep ``k`` = ``d_sae`` (the default) unless the
+planted feature is meant to compete in the top-k. Where the layer's residual depends on the
+token alone, the detector is exact in any context: so it is at the built-in demo's layer 0,
+whose attention writes nothing (``apps/demo/train.py``). Tests still check the truth on their
+own documents.
 
 The decoder column is the probe direction, or, with ``promote=True``, the direction that raises
 the target tokens' logits (their mean unembedding column), so steering with it makes the model
@@ -83,7 +85,7 @@ def plant_sae(model, layer: int, folder: str | Path, *, targets: Iterable[int],
     w_enc[feature] = w * scale
     b_enc[feature] = (b - mid) * scale
     if promote:
-        direction = model.W_U[:, targets].float().mean(dim=1).cpu()
+        direction = model.W_U[:, targets].detach().float().mean(dim=1).cpu()
     else:
         direction = w.clone()
     w_dec[:, feature] = direction / direction.norm()
