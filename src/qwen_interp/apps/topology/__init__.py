@@ -9,7 +9,7 @@ Python API::
 """
 
 # Loaded on first use: the CLI imports .command for every run, and scikit-learn takes seconds.
-_WHERE = {"Settings": "build", "TopologyMap": "build", "map_features": "build",
+_WHERE = {"Settings": "settings", "TopologyMap": "build", "map_features": "build",
           "coactivation_profiles": "coactivation", "read_map": "export", "write_map": "export",
           "label_nodes": "labels", "FeatureVectors": "vectors", "clt_vectors": "vectors",
           "from_array": "vectors", "load_clt": "vectors", "sae_vectors": "vectors"}

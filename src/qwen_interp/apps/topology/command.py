@@ -22,7 +22,7 @@ def int_list(text: str, flag: str) -> tuple[int, ...]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from .build import Settings
+    from .settings import Settings
     d = Settings()
     parser.add_argument("--model", help="model repo id or alias (default: offline demo)")
     parser.add_argument("--transcoder", help="CLT repo id, alias or folder (default: offline "
@@ -70,7 +70,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace):
-    from .build import Settings
+    from .settings import Settings
     settings = Settings(dims=args.dims, lens_dims=args.lens_dims,
                         resolutions=int_list(args.resolutions, "--resolutions"),
                         overlap=args.overlap, clusterer=args.clusterer, k=args.k, eps=args.eps,
