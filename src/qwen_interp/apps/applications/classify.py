@@ -35,13 +35,16 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import scipy.sparse as sp
-import torch
 
-from .docpass import PassConfig, document_features
-from .labelled import LabelledData
 from .model import FeatureIndex, ModelConfig
+
+if TYPE_CHECKING:  # torch loads with the document pass, not with the command line's parser
+    from .docpass import PassConfig
+    from .labelled import LabelledData
 
 FORMAT_VERSION = 1
 DEFAULT_MAX_FEATURES = 5
@@ -127,6 +130,7 @@ def load_rule(path: str | Path) -> Rule:
 
 def fingerprint(session, block: str) -> str:
     """sha256 (16 hex digits) of the block's encoder bias as bfloat16."""
+    import torch
     kind, _, layer = block.partition("/")
     if kind == "clt":
         bias = session.model.transcoders.b_enc[int(layer)]
@@ -156,16 +160,25 @@ def rule_blocks(rule: Rule) -> list[str]:
     return sorted({f.partition(":")[0] for f in rule.features})
 
 
+HINT = "pass the --model/--transcoder/--sae it was fitted with"
+
+
+def check_names(rule: Rule, here: dict | ModelConfig, source: str = "rule") -> None:
+    """One-line ValueError if ``rule`` names another model or transcoder."""
+    for key in ("model", "transcoder"):
+        have = here[key] if isinstance(here, dict) else getattr(here, key)
+        if rule.model.get(key) != have:
+            raise ValueError(f"{source}: fitted on {key} {rule.model.get(key)!r}, this run has "
+                             f"{have!r} ({HINT})")
+
+
 def check_rule(rule: Rule, session, model_config: ModelConfig | None = None,
                source: str = "rule") -> None:
     """One-line ValueError if ``rule`` was fitted on another model or other dictionaries than
     the blocks of ``session`` that it reads."""
     here = identity(session, model_config)
-    hint = "pass the --model/--transcoder/--sae it was fitted with"
-    for key in ("model", "transcoder"):
-        if rule.model.get(key) != here[key]:
-            raise ValueError(f"{source}: fitted on {key} {rule.model.get(key)!r}, this run has "
-                             f"{here[key]!r} ({hint})")
+    hint = HINT
+    check_names(rule, here, source)
     for block in rule_blocks(rule):
         want = rule.model["blocks"].get(block)
         have = here["blocks"].get(block)
@@ -345,12 +358,13 @@ def evaluate_matrix(rule: Rule, pooled: sp.spmatrix, index: FeatureIndex, labels
 def pooled_features(session, texts, *, pass_config: PassConfig | None = None,
                     model_config: ModelConfig | None = None, ray_address: str | None = None,
                     workers: int | None = None, progress: bool = True, desc: str = "documents"):
+    from .docpass import document_features
     return document_features(session, texts, config=pass_config, mode="pooled",
                              model_config=model_config, ray_address=ray_address,
                              workers=workers, progress=progress, desc=desc)
 
 
-def _check_labels(rule: Rule, data: LabelledData) -> None:
+def check_labels(rule: Rule, data: LabelledData) -> None:
     for i, label in enumerate(data.labels):
         if label is None:
             raise ValueError(f"{data.where(i)}: no label (eval needs labelled data)")
@@ -375,6 +389,7 @@ def fit(session, data: LabelledData, *, positive: str | None = None,
         ray_address: str | None = None, workers: int | None = None,
         progress: bool = True) -> Rule:
     """Fit a rule on labelled seed documents (module docstring)."""
+    from .docpass import PassConfig
     pass_config = pass_config or PassConfig()
     positive, negative = choose_positive(data.labels, positive, data.source or "seed data")
     docs = pooled_features(session, data.texts, pass_config=pass_config,
@@ -392,6 +407,7 @@ def fit(session, data: LabelledData, *, positive: str | None = None,
 
 
 def _pass_for(rule: Rule, pass_config: PassConfig | None) -> PassConfig:
+    from .docpass import PassConfig
     return pass_config or PassConfig(max_tokens=rule.pass_config.get("max_tokens", 256))
 
 
@@ -423,7 +439,7 @@ def evaluate(session, rule: Rule, data: LabelledData, *, pass_config: PassConfig
     """Precision, recall, F1 and accuracy of ``rule`` on held-out ``data``, overall and per
     language."""
     check_rule(rule, session, model_config)
-    _check_labels(rule, data)
+    check_labels(rule, data)
     docs = pooled_features(session, data.texts, pass_config=_pass_for(rule, pass_config),
                            model_config=model_config, ray_address=ray_address,
                            workers=workers, progress=progress, desc="held-out documents")
@@ -497,6 +513,7 @@ def learning_curve(session, train: LabelledData, test: LabelledData, *,
                    model_config: ModelConfig | None = None, ray_address: str | None = None,
                    workers: int | None = None, progress: bool = True) -> dict:
     """:func:`curve_matrix` on two labelled sets; each set runs through the model once."""
+    from .docpass import PassConfig
     pass_config = pass_config or PassConfig()
     positive, negative = choose_positive(train.labels, positive, train.source or "seed data")
     known = set(train.labels)

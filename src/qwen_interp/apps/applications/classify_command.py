@@ -116,8 +116,13 @@ def run(args: argparse.Namespace) -> int:
         out_dir = check_output_dir(args.out)
     if command in ("eval", "curve"):
         test = read_labelled(args.test, **fields)
+    if command == "eval":
+        classify.check_labels(rule, test)
     if command == "predict":
         data = read_labelled(args.input, require_labels=False, **fields)
+    if rule is not None:  # the model's name is known before it loads; its weights after
+        from .model import config_from_args
+        classify.check_names(rule, config_from_args(args), args.rule)
     max_tokens = args.max_tokens or (rule.pass_config.get("max_tokens", 256) if rule else 256)
     pass_config = PassConfig(max_tokens=max_tokens, batch_size=args.batch_size)
     pass_config.check()
@@ -164,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
                                         seed=args.seed, max_features=args.max_features,
                                         candidates=args.candidates, **kwargs)
         from qwen_interp.atomic import replace_file
+        out_dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(curve, indent=1, ensure_ascii=False) + "\n"
         replace_file(out_dir / "curve.json",
                      lambda tmp: tmp.write_text(text, encoding="utf-8"))
