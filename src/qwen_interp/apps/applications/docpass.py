@@ -98,29 +98,41 @@ def tokenize(tokenizer, texts: Sequence[str], first_token: int, max_tokens: int
 def chunk_features(session, chunk: list[list[int]], config: PassConfig, mode: str,
                    on_batch=None) -> dict:
     """One chunk's activations (lists of token ids, each starting with the first token): sparse
-    CPU arrays in chunk order."""
+    CPU arrays in chunk order. One sparse matrix per batch (not per document): the pass's cost
+    stays the forward's."""
     model = session.model
     device = model.cfg.device
     widths = FeatureIndex(_blocks(session))
     order = sorted(range(len(chunk)), key=lambda i: (-len(chunk[i]), i))
-    pieces: dict[int, sp.csr_matrix] = {}
+    lengths = np.array([len(c) - 1 for c in chunk], dtype=np.int64)  # first token left out
+    batches = []
     for start in range(0, len(order), config.batch_size):
         members = order[start:start + config.batch_size]
-        length = len(chunk[members[0]])
-        tokens = torch.full((len(members), length), chunk[members[0]][0], dtype=torch.long)
+        width = len(chunk[members[0]])
+        tokens = torch.full((len(members), width), chunk[members[0]][0], dtype=torch.long)
         for row, i in enumerate(members):
             tokens[row, :len(chunk[i])] = torch.tensor(chunk[i])
         acts = _forward(session, tokens.to(device))  # block -> (batch, pos, width)
-        stacked = torch.cat([acts[name] for name in widths.widths], dim=-1)
-        for row, i in enumerate(members):
-            own = stacked[row, 1:len(chunk[i])].float()  # first position left out
-            if mode == POOLED:
-                own = own.amax(dim=0, keepdim=True)
-            pieces[i] = _sparse(own, config.threshold)
+        stacked = torch.cat([acts[name] for name in widths.widths], dim=-1)[:, 1:].float()
+        own = torch.arange(width - 1, device=device)[None, :] < torch.as_tensor(
+            lengths[members], device=device)[:, None]  # (batch, pos): the document's own tokens
+        if mode == POOLED:
+            # padding at 0 never shows: only values above threshold (>= 0) are kept
+            values = stacked.masked_fill(~own[..., None], 0).amax(dim=1)
+        else:
+            values = stacked[own]  # rows: document by document, in batch order
+        batches.append(_sparse(values, config.threshold))
         if on_batch is not None:
-            on_batch(sum(len(chunk[i]) for i in members))
-    return {"matrix": sp.vstack([pieces[i] for i in range(len(chunk))], format="csr"),
-            "n_tokens": np.array([len(c) - 1 for c in chunk], dtype=np.int64)}
+            on_batch(int(lengths[members].sum()) + len(members))
+    matrix = sp.vstack(batches, format="csr")
+    if mode == POOLED:
+        rows = np.argsort(order)  # back to chunk order
+    else:
+        starts = np.zeros(len(chunk), dtype=np.int64)
+        starts[order] = np.concatenate([[0], np.cumsum(lengths[order])[:-1]])
+        rows = np.concatenate([np.arange(starts[i], starts[i] + lengths[i])
+                               for i in range(len(chunk))])
+    return {"matrix": matrix[rows], "n_tokens": lengths}
 
 
 def _blocks(session) -> dict[str, int]:
