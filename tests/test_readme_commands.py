@@ -61,6 +61,29 @@ ELSEWHERE = {
     "--dtype bfloat16 --device cuda": "test_trace_on_real_checkpoints_fails_in_one_line_here",
     "qwen-interp study --auto-groups": "test_study_then_edited_groups_from_an_empty_folder",
     "qwen-interp topology": "test_topology_then_explore_it",
+    "qwen-interp classify fit --train examples/applications/classify/seeds.jsonl --positive "
+    "leader --out rule.json": "test_classify_commands_in_order",
+    "qwen-interp classify eval --rule rule.json --test "
+    "examples/applications/classify/heldout.jsonl": "test_classify_commands_in_order",
+    "qwen-interp classify predict --rule rule.json --input "
+    "examples/applications/classify/new_texts.csv --out predictions.jsonl":
+        "test_classify_commands_in_order",
+    "qwen-interp classify curve --train examples/applications/classify/seeds.jsonl --test "
+    "examples/applications/classify/heldout.jsonl --positive leader --out classify_curve":
+        "test_classify_commands_in_order",
+    "qwen-interp overlap presidents=examples/applications/overlap/presidents.txt "
+    "prime_ministers=examples/applications/overlap/prime_ministers.txt "
+    "currencies=examples/applications/overlap/currencies.txt "
+    "countries=examples/applications/overlap/countries.txt --min-fraction 0.5 --out overlap_out":
+        "test_overlap_command",
+    "qwen-interp anomalies examples/applications/anomalies/corpus.txt --top 5":
+        "test_anomaly_commands",
+    "qwen-interp anomalies --monitor sae/0:218,sae/0:332 --prompts "
+    "examples/applications/anomalies/prompts.txt --suppress subtract --suppress-strength 16":
+        "test_anomaly_commands",
+    "qwen-interp synthesize examples/applications/synthesize/dataset.txt --prompts "
+    "examples/applications/synthesize/prompts.txt --top 2 --strengths 8,32":
+        "test_synthesize_command",
     "qwen-interp explore --topology topology_out": "test_topology_then_explore_it",
     "qwen-interp study --groups study_out/groups.yaml --strengths=-4,-2,-1,0,1 --out study_edited":
         "test_study_then_edited_groups_from_an_empty_folder",
@@ -294,3 +317,114 @@ def test_topology_then_explore_it(tmp_path, qwen_demo_cache):
         assert json.loads(_get(f"{base}/api/topology/map?name=clt-decoder", 60)) == data
         page = _get(f"{base}/topology", 60).decode()
         assert "/vendor/d3.min.js" in page and "https://" not in page
+
+
+def _applications_commands(word: str) -> list[str]:
+    return [c for c in ELSEWHERE if c.startswith(f"qwen-interp {word} ")]
+
+
+def _clone_examples(tmp_path: Path) -> Path:
+    """A folder holding a copy of the clone's examples/applications, where the README's
+    application commands run as typed (their paths are relative to the clone's root)."""
+    import shutil
+    shutil.copytree(ROOT / "examples" / "applications", tmp_path / "examples" / "applications")
+    return tmp_path
+
+
+def _ok(command: str, cwd: Path, cache: Path) -> str:
+    assert command in _tool_commands(), f"{command!r} is no longer in the README"
+    out = shell(command, cwd, env={"QWEN_INTERP_CACHE": str(cache)})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    return out.stdout
+
+
+@pytest.mark.subprocess
+def test_classify_commands_in_order(tmp_path, qwen_demo_cache):
+    """fit, eval, predict and curve as typed: the rule is one readable line, English held-out
+    data is separated perfectly and the other languages are reported apart."""
+    work = _clone_examples(tmp_path)
+    fit, evaluate, predict, curve = _applications_commands("classify")
+    out = _ok(fit, work, qwen_demo_cache)
+    rule = json.loads((work / "rule.json").read_text())
+    assert rule["positive"] == "leader" and 1 <= len(rule["features"]) <= 5
+    assert "rule: 'leader' if " in out and "F1=100.0%" in out
+    out = _ok(evaluate, work, qwen_demo_cache)
+    assert "lang=en    n=40" in out and "lang=fr" in out and "lang=zh" in out
+    assert "F1=100.0%" in out.split("lang=en")[1].splitlines()[0]
+    _ok(predict, work, qwen_demo_cache)
+    rows = [json.loads(line) for line in (work / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(r["prediction"] in ("leader", "other") for r in rows)
+    assert all(r["fired"] for r in rows if r["prediction"] == "leader")
+    _ok(curve, work, qwen_demo_cache)
+    assert (work / "classify_curve" / "curve.png").stat().st_size > 5_000
+    curve_record = json.loads((work / "classify_curve" / "curve.json").read_text())
+    assert [p["fraction"] for p in curve_record["points"]] == [0.1, 0.25, 0.5, 1.0]
+    assert [p["seeds"][0] for p in curve_record["points"]] == [4, 10, 20, 40]
+    assert curve_record["points"][-1]["recovered"] == pytest.approx(1.0)
+
+
+@pytest.mark.subprocess
+def test_overlap_command(tmp_path, qwen_demo_cache):
+    """The four example datasets: a square coverage matrix with ones on the diagonal, each
+    entry |A ∩ B| / |A| of the sets the run wrote."""
+    work = _clone_examples(tmp_path)
+    (command,) = _applications_commands("overlap")
+    out = _ok(command, work, qwen_demo_cache)
+    record = json.loads((work / "overlap_out" / "overlap.json").read_text())
+    names = record["names"]
+    assert names == ["presidents", "prime_ministers", "currencies", "countries"]
+    sets = json.loads((work / "overlap_out" / "sets.json").read_text())
+    assert "most redundant:" in out
+    for i, a in enumerate(names):
+        assert record["coverage"][i][i] == 1.0
+        for j, b in enumerate(names):
+            mine = set(_features_of(sets, a))
+            assert record["coverage"][i][j] == pytest.approx(
+                len(mine & set(_features_of(sets, b))) / len(mine))
+    for name in ("heatmap.png", "overlap.html"):
+        assert (work / "overlap_out" / name).stat().st_size > 1_000
+
+
+def _features_of(sets: dict, name: str) -> list[str]:
+    return sets[name]  # sets.json: dataset name -> its features' names
+
+
+@pytest.mark.subprocess
+def test_anomaly_commands(tmp_path, qwen_demo_cache):
+    """The corpus command ranks features for both detectors; the monitor command sees the
+    watched features fire on the demo's generations and suppression silences them."""
+    work = _clone_examples(tmp_path)
+    corpus, monitor = _applications_commands("anomalies")
+    out = _ok(corpus, work, qwen_demo_cache)
+    record = json.loads((work / "anomalies_out" / "anomalies.json").read_text())
+    for detector in ("code-switching", "repetition"):
+        result = record["detectors"][detector]
+        assert result["flagged_tokens"] > 0 and result["ranking"]
+        assert f"{detector}:" in out
+    out = _ok(monitor, work, qwen_demo_cache)
+    runs = json.loads((work / "anomalies_out" / "monitor.json").read_text())["runs"]
+    plain, suppressed = runs
+    assert not plain["suppressed"] and suppressed["suppressed"]
+    assert plain["fires"]["sae/0:218"] > 0 and plain["fires"]["sae/0:332"] > 0
+    assert suppressed["fires"] == {"sae/0:218": 0, "sae/0:332": 0}
+    assert "suppressed (subtract):" in out
+
+
+@pytest.mark.subprocess
+def test_synthesize_command(tmp_path, qwen_demo_cache):
+    """Every kept sample fires its target feature (the evidence is in the sample) on features
+    that never fired on the dataset."""
+    work = _clone_examples(tmp_path)
+    (command,) = _applications_commands("synthesize")
+    _ok(command, work, qwen_demo_cache)
+    report = json.loads((work / "synthesize_out" / "report.json").read_text())
+    assert len(report["targets"]) == 2 and all(report["targets_inactive"].values())
+    samples = [json.loads(line) for line in
+               (work / "synthesize_out" / "samples.jsonl").read_text().splitlines()]
+    assert samples and len(samples) == report["kept"]
+    assert all(s["feature"] in report["targets"] for s in samples)
+    for sample in samples:  # it fires on a generated token, not on the prompt
+        evidence = sample["evidence"]
+        assert evidence["max_activation"] > 0
+        assert all(f["position"] >= evidence["prompt_tokens"] for f in evidence["firing"])
