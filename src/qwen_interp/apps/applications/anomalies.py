@@ -115,7 +115,7 @@ def enrichment(tokens: sp.csr_matrix, flagged: np.ndarray, index: FeatureIndex
     rate0 = b / n0 if n0 else np.zeros(len(b))
     keep = np.flatnonzero((rate1 > rate0) & (total > 0))
     keep = keep[np.lexsort((keep, -log_odds[keep], q[keep]))]
-    return [FeatureEnrichment(feature=index.name(c), column=int(c), flagged_fires=int(a[c]),
+    return [FeatureEnrichment(feature=index.name(int(c)), column=int(c), flagged_fires=int(a[c]),
                               clean_fires=int(b[c]), flagged_rate=float(rate1[c]),
                               clean_rate=float(rate0[c]), log_odds=float(log_odds[c]),
                               p_value=float(p[c]), q_value=float(q[c])) for c in keep]
@@ -125,9 +125,9 @@ def flag_tokens(features: DocumentFeatures, tokenizer, detector: str, **options)
     """The detector's mask over every token of a ``mode="tokens"`` pass, document by document
     (the very token ids the pass ran)."""
     assert features.token_ids is not None and features.doc_offsets is not None
-    masks = [D.detect(detector, tokenizer,
-                      features.token_ids[features.doc_offsets[i]:features.doc_offsets[i + 1]],
-                      **options) for i in range(features.n_documents)]
+    ids, offsets = features.token_ids, features.doc_offsets
+    masks = [D.detect(detector, tokenizer, ids[offsets[i]:offsets[i + 1]].tolist(), **options)
+             for i in range(features.n_documents)]
     return np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
 
 
@@ -151,7 +151,9 @@ def find_anomaly_features(session, texts: Sequence[str], *,
     results = {}
     for name in detectors:
         mask = flag_tokens(features, tokenizer, name, n=n, repeats=repeats, window=window)
-        per_doc = np.add.reduceat(mask, features.doc_offsets[:-1]) if len(mask) else []
+        assert features.doc_offsets is not None
+        per_doc: np.ndarray | list = (np.add.reduceat(mask, features.doc_offsets[:-1])
+                                      if len(mask) else [])
         results[name] = DetectorResult(
             detector=name, flagged_tokens=int(mask.sum()), clean_tokens=int((~mask).sum()),
             flagged_documents=int(np.count_nonzero(per_doc)),

@@ -35,7 +35,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -520,9 +520,9 @@ def learning_curve(session, train: LabelledData, test: LabelledData, *,
     for i, label in enumerate(test.labels):
         if label not in known:
             raise ValueError(f"{test.where(i)}: unknown label {label!r} (the seed labels are "
-                             f"{', '.join(repr(x) for x in sorted(known))})")
-    kwargs = dict(pass_config=pass_config, model_config=model_config, ray_address=ray_address,
-                  workers=workers, progress=progress)
+                             f"{', '.join(repr(x) for x in sorted(map(str, known)))})")
+    kwargs: dict[str, Any] = dict(pass_config=pass_config, model_config=model_config,
+                                  ray_address=ray_address, workers=workers, progress=progress)
     seeds = pooled_features(session, train.texts, desc="seed documents", **kwargs)
     held = pooled_features(session, test.texts, desc="held-out documents", **kwargs)
     curve = curve_matrix(seeds.pooled, np.array([x == positive for x in train.labels]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 from pathlib import Path
 
 from qwen_interp.specs import Command
@@ -117,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if command in ("eval", "curve"):
         test = read_labelled(args.test, **fields)
     if command == "eval":
+        assert rule is not None
         classify.check_labels(rule, test)
     if command == "predict":
         data = read_labelled(args.input, require_labels=False, **fields)
@@ -127,16 +129,19 @@ def run(args: argparse.Namespace) -> int:
     pass_config = PassConfig(max_tokens=max_tokens, batch_size=args.batch_size)
     pass_config.check()
     model_config, session = start(args)
-    kwargs = dict(pass_config=pass_config, model_config=model_config, ray_address=args.ray,
-                  workers=args.workers, progress=not args.no_progress)
+    kwargs: dict[str, Any] = dict(pass_config=pass_config, model_config=model_config,
+                                  ray_address=args.ray, workers=args.workers,
+                                  progress=not args.no_progress)
     if command == "fit":
         rule = classify.fit(session, train, positive=positive, max_features=args.max_features,
                             candidates=args.candidates, **kwargs)
+        assert out is not None
         rule.save(out)
         print(f"rule: {rule.describe()}")
         _print_metrics("seeds", rule.fit["seed"])
         print(f"rule file: {out}")
     elif command == "predict":
+        assert rule is not None and out is not None
         classify.check_rule(rule, session, model_config, args.rule)
         records = classify.predict(session, rule, data.texts, **kwargs)
         lines = []
@@ -152,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
               f"({rule.describe()})")
         print(f"predictions: {out}")
     elif command == "eval":
+        assert rule is not None
         classify.check_rule(rule, session, model_config, args.rule)
         report = classify.evaluate(session, rule, test, **kwargs)
         print(f"rule: {report['rule']}")

@@ -170,6 +170,7 @@ def verify(session, attempts: Sequence[Attempt], index: FeatureIndex, *,
         start = len(tokenizer(attempt.prompt, add_special_tokens=False)["input_ids"])
         rows = features.document_tokens(i)
         column = rows[:, index.column(attempt.feature)].toarray().ravel()
+        assert features.token_ids is not None and features.doc_offsets is not None
         ids = features.token_ids[features.doc_offsets[i]:features.doc_offsets[i + 1]]
         firing = [{"position": int(p), "token": tokenizer.decode([int(ids[p])]),
                    "activation": float(column[p])}
