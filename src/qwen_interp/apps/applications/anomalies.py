@@ -165,10 +165,14 @@ def find_anomaly_features(session, texts: Sequence[str], *,
                                    "max_tokens": config.max_tokens})
 
 
+SIGNIFICANT = 0.05  # the q-value the printed count uses (the ranking keeps every feature)
+
+
 def format_table(result: DetectorResult, top: int) -> str:
     lines = [f"{result.detector}: {result.flagged_tokens} flagged tokens in "
              f"{result.flagged_documents} documents, {result.clean_tokens} clean; "
-             f"{len(result.ranking)} features over-represented"]
+             f"{sum(r.q_value < SIGNIFICANT for r in result.ranking)} features significantly "
+             f"over-represented (q < {SIGNIFICANT}), {len(result.ranking)} with a higher rate"]
     if result.ranking:
         lines.append(f"  {'rank':>4}  {'feature':<14} {'flagged':>9} {'clean':>9} "
                      f"{'log OR':>7} {'p':>9} {'q':>9}")
