@@ -1,5 +1,6 @@
 """Training-free classifiers from a few labelled seed examples: a readable rule over a few
-features, no classifier head, no gradient descent (Qwen-Scope's first application, FACTS.md §4).
+features, no classifier head, no gradient descent (Qwen-Scope's first application;
+docs/applications.md).
 
 Documents are read by the shared document pass (``docpass``, ``mode="pooled"``): per document,
 each feature's maximum activation over its tokens. The task is binary: one label is positive,

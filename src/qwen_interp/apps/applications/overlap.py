@@ -1,5 +1,6 @@
 """Which features several datasets activate, and how much those sets overlap (Qwen-Scope's
-benchmark-redundancy application, FACTS.md §4: "63 % of GSM8K's features also appear in MATH").
+benchmark-redundancy application, docs/applications.md: the paper finds 63 % of GSM8K's
+features in MATH).
 
 - **A dataset's feature set**: feature f is in dataset D's set when it fires (pooled activation,
   the maximum over a document's tokens, ``> threshold``, default 0) in at least ``min_docs(D)``
