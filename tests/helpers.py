@@ -4,6 +4,7 @@ pytest discourages importing conftest, so plain functions and constants live her
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import subprocess
@@ -25,6 +26,19 @@ def run_python(code: str, env: dict | None = None,
         raise AssertionError(
             f"subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def run_on_demo(script: str, *args: str, cache) -> dict:
+    """Run ``script`` (given ``args`` as argv) in a fresh interpreter on the trained demo in
+    ``cache`` (the ``qwen_demo_cache`` fixture) and return the JSON of its last output line. A
+    fresh process because pytest's offline Hub fixes this process's HF cache at import, so the
+    demo's cache cannot be switched to here."""
+    env = {**os.environ, "QWEN_INTERP_CACHE": str(cache), "HF_HOME": str(cache / "demo-hf"),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                          env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def apply_rendered_patch(distribution: str, root):

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from helpers import run_on_demo
 import scipy.sparse as sp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,24 +123,15 @@ out["ray_rule"] = classify.fit(session, seeds, positive="colour", model_config=c
                                workers=2, progress=False).to_json()
 out["ray_noisy"] = classify.evaluate(session, rule, noisy, model_config=config,
                                      ray_address="local", workers=2, progress=False)
-print("RESULT " + json.dumps(out))
+print(json.dumps(out))
 """
-
-
-def demo_env(cache) -> dict:
-    return {**os.environ, "QWEN_INTERP_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
 
 
 @pytest.fixture(scope="module")
 def demo(qwen_demo_cache):
     spec = {"colours": COLOURS, "seeds": records(SEEDS), "held_out": records(HELD_OUT),
             "noisy": records(HELD_OUT, flips=FLIP_POS + FLIP_NEG)}
-    proc = subprocess.run([sys.executable, "-c", DEMO_SCRIPT, json.dumps(spec)],
-                          capture_output=True, text=True, timeout=900,
-                          env=demo_env(qwen_demo_cache))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return run_on_demo(DEMO_SCRIPT, json.dumps(spec), cache=qwen_demo_cache)
 
 
 def hand_metrics(rows, predicted, labelled):
@@ -391,7 +384,7 @@ def test_readme_commands_on_the_demo(qwen_demo_cache, tmp_path):
     def run(*args):
         proc = subprocess.run([sys.executable, "-m", "qwen_interp.apps.cli", *args],
                               capture_output=True, text=True, timeout=900, cwd=tmp_path,
-                              env=demo_env(qwen_demo_cache))
+                              env={**os.environ, "QWEN_INTERP_CACHE": str(qwen_demo_cache)})
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout
     fit = run("classify", "fit", "--train", EXAMPLES / "seeds.jsonl", "--positive", "leader",

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import run_on_demo
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "applications" / "synthesize"
 
@@ -60,19 +62,10 @@ print(json.dumps({"local": local, "ray": ray, "ottawa": sorted(ottawa),
 '''
 
 
-def demo_env(cache: Path) -> dict:
-    return {**os.environ, "HF_HOME": str(cache / "demo-hf"), "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1", "QWEN_INTERP_CACHE": str(cache)}
-
-
 @pytest.fixture(scope="module")
 def driven(qwen_demo_cache, tmp_path_factory):
     work = tmp_path_factory.mktemp("synthesize")
-    proc = subprocess.run([sys.executable, "-c", DRIVER, str(work), str(EXAMPLES)],
-                          capture_output=True, text=True, timeout=900,
-                          env=demo_env(qwen_demo_cache))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1]), work
+    return run_on_demo(DRIVER, str(work), str(EXAMPLES), cache=qwen_demo_cache), work
 
 
 def test_the_planted_feature_is_inactive_on_the_dataset_in_process_and_on_ray(driven):
