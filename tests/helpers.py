@@ -41,6 +41,13 @@ def run_on_demo(script: str, *args: str, cache) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def cli_on_demo(args, cache, cwd) -> subprocess.CompletedProcess:
+    """``qwen-interp ARGS`` in a fresh process, in ``cwd``, on the trained demo in ``cache``."""
+    return subprocess.run([sys.executable, "-m", "qwen_interp.apps.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=900, cwd=cwd,
+                          env={**os.environ, "QWEN_INTERP_CACHE": str(cache)})
+
+
 def apply_rendered_patch(distribution: str, root):
     """The released source of ``distribution`` with its rendered patch applied by `git apply`."""
     from qwen_interp.apps import upstream

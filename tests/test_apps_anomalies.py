@@ -9,20 +9,17 @@ detector of its token types in any context:
 
 The Python API runs in one fresh interpreter (``DRIVER``) with HF_HOME = the demo's cache
 (huggingface_hub reads it at import, and this process already imported it); the command line
-runs as the README shows it.
+runs on the same planted SAEs (tests/test_readme_commands.py runs the README's commands).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import run_on_demo
+from helpers import cli_on_demo, run_on_demo
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "applications" / "anomalies"
@@ -128,15 +125,9 @@ def test_monitor_reports_the_looping_token_and_suppression_ends_it(driven):
     assert clamp_suppressed["fires"]["sae/0:0"] <= plain["fires"]["sae/0:0"]
 
 
-def cli(args, cache, cwd):
-    return subprocess.run([sys.executable, "-m", "qwen_interp.apps.cli", *args],
-                          capture_output=True, text=True, timeout=900, cwd=cwd,
-                          env={**os.environ, "QWEN_INTERP_CACHE": str(cache)})
-
-
-def test_cli_corpus_as_the_readme_shows(driven, qwen_demo_cache):
+def test_cli_corpus_on_the_planted_sae(driven, qwen_demo_cache):
     data, work = driven
-    out = cli(["anomalies", str(EXAMPLES / "corpus.txt"), "--no-transcoder",
+    out = cli_on_demo(["anomalies", str(EXAMPLES / "corpus.txt"), "--no-transcoder",
                "--sae", f"{work / 'han'}:0", "--sae-k", "64", "--no-progress"],
               qwen_demo_cache, work)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -149,12 +140,13 @@ def test_cli_corpus_as_the_readme_shows(driven, qwen_demo_cache):
     assert "sae/0:0" in out.stdout.split("code-switching:")[1].splitlines()[2]
 
 
-def test_cli_monitor_as_the_readme_shows(driven, qwen_demo_cache):
+def test_cli_monitor_on_the_planted_sae(driven, qwen_demo_cache):
     data, work = driven
-    out = cli(["anomalies", "--monitor", "sae/0:0", "--prompts", str(EXAMPLES / "prompts.txt"),
-               "--suppress", "subtract", "--suppress-strength", "16", "--max-new-tokens", "12",
-               "--no-transcoder", "--sae", f"{work / 'francois'}:0", "--sae-k", "64",
-               "--out", "monitor_out"], qwen_demo_cache, work)
+    args = ["anomalies", "--monitor", "sae/0:0", "--prompts", str(EXAMPLES / "prompts.txt"),
+            "--suppress", "subtract", "--suppress-strength", "16", "--max-new-tokens", "12",
+            "--no-transcoder", "--sae", f"{work / 'francois'}:0", "--sae-k", "64",
+            "--out", "monitor_out"]
+    out = cli_on_demo(args, qwen_demo_cache, work)
     assert out.returncode == 0, out.stderr[-3000:]
     record = json.loads((work / "monitor_out" / "monitor.json").read_text())
     assert [r["fires"]["sae/0:0"] for r in record["runs"]] == [

@@ -6,20 +6,18 @@ samples in which the unsteered model's feature fires are kept - checked again in
 with ``Session.run``.
 
 The Python API runs in one fresh interpreter (``DRIVER``, HF_HOME = the demo's cache); the
-command line runs as the README shows it.
+command line runs on the same planted SAE (tests/test_readme_commands.py runs the README's
+commands).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import run_on_demo
+from helpers import cli_on_demo, run_on_demo
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "applications" / "synthesize"
@@ -96,15 +94,9 @@ def test_kept_samples_fire_and_dropped_ones_do_not(driven):
     assert report["by_strength"]["8.0"]["kept"] == 0
 
 
-def cli(args, cache, cwd):
-    return subprocess.run([sys.executable, "-m", "qwen_interp.apps.cli", *args],
-                          capture_output=True, text=True, timeout=900, cwd=cwd,
-                          env={**os.environ, "QWEN_INTERP_CACHE": str(cache)})
-
-
-def test_cli_as_the_readme_shows(driven, qwen_demo_cache):
+def test_cli_on_the_planted_sae(driven, qwen_demo_cache):
     data, work = driven
-    out = cli(["synthesize", str(EXAMPLES / "dataset.txt"), "--prompts",
+    out = cli_on_demo(["synthesize", str(EXAMPLES / "dataset.txt"), "--prompts",
                str(EXAMPLES / "prompts.txt"), "--top", "1", "--strengths", "8,32",
                "--max-new-tokens", "8", "--no-transcoder", "--sae", f"{work / 'ottawa'}:0",
                "--sae-k", "64", "--no-progress"], qwen_demo_cache, work)
