@@ -373,6 +373,30 @@ def test_errors_are_one_json_line(server, data):
         files_only.stop()
 
 
+
+def test_closing_waits_for_every_request_thread_even_on_idle_keep_alive(data):
+    """Ctrl-C must end `qwen-interp explore` with exit 0. Request threads still running while the
+    interpreter shuts down abort the process inside torch, so closing the server joins them all,
+    waking a browser's idle keep-alive connection (which would otherwise block its thread
+    forever)."""
+    import http.client
+    import threading
+    import time
+
+    from qwen_interp.apps.explorer import Explorer, start_server
+    before = set(threading.enumerate())
+    running = start_server(Explorer(data.graphs, data.features, None))
+    host, port = running.server.socket.getsockname()[:2]
+    browser = http.client.HTTPConnection(host, port, timeout=60)
+    browser.request("GET", "/api/info")  # HTTP/1.1: the connection stays open afterwards
+    answer = browser.getresponse()
+    assert answer.status == 200 and json.loads(answer.read())["live"] is False
+    started = time.monotonic()
+    running.stop()
+    assert time.monotonic() - started < 10
+    assert set(threading.enumerate()) - before == set()  # no request thread outlives the close
+    browser.close()
+
 # --- the command line ----------------------------------------------------------------------------
 def test_explore_refuses_bad_arguments_in_one_line(cli, tmp_path):
     missing = cli("explore", "--graphs", tmp_path / "nope", "--no-model")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import mimetypes
 import re
+import socket
 import sys
 import threading
 from dataclasses import dataclass
@@ -216,12 +217,40 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class ExplorerServer(ThreadingHTTPServer):
-    daemon_threads = True
+    """``server_close()`` returns only once every request thread has ended. Request threads are not
+    daemons: a daemon thread still freeing tensors while the interpreter shuts down dies inside
+    torch's C++ and the process aborts ("terminate called without an active exception") instead
+    of exiting 0. Connections idling between keep-alive requests are woken first, so closing
+    waits only for requests in flight."""
+
+    daemon_threads = False  # the stdlib's ThreadingHTTPServer says True; see above
 
     def __init__(self, app: Explorer, address: tuple[str, int], verbose: bool = False) -> None:
         super().__init__(address, Handler)
         self.app = app
         self.verbose = verbose
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request, client_address) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        with self._open_lock:
+            idle_or_busy = list(self._open)
+        for connection in idle_or_busy:
+            try:  # a handler waiting for the next request reads end-of-file; answers still go out
+                connection.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass  # already closed by the client
+        super().server_close()  # joins the request threads
 
 
 @dataclass
